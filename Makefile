@@ -1,0 +1,36 @@
+# The README's commands. Each target does its own set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+REQS   := requirements.txt functions/requirements.txt trainer/requirements.txt \
+          trainer/requirements-serving.txt pyproject.toml
+
+.PHONY: demo test check lint typecheck bench clean
+
+$(STAMP): $(REQS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/retrain local demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests --ignore=tests/bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check functions trainer infra tests
+	$(VENV)/bin/ruff format --check functions trainer infra tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy functions/retrain functions/main.py trainer infra/localcloud
+
+check: lint typecheck test
+
+bench: $(STAMP)
+	$(PY) -m tests.bench
+
+clean:
+	rm -rf $(VENV) .localcloud .mypy_cache .ruff_cache

@@ -1,0 +1,88 @@
+"""Run the benchmarks and write docs/benchmarks.md.
+
+    python -m tests.bench            # all of them
+    python -m tests.bench trainer    # only modules whose name contains "trainer"
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTPUT = ROOT / "docs" / "benchmarks.md"
+
+
+def _machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+
+
+def main(argv: list[str]) -> int:
+    wanted = argv[1:]
+    names = sorted(p.stem for p in Path(__file__).parent.glob("bench_*.py"))
+    if wanted:
+        names = [n for n in names if any(w in n for w in wanted)]
+    sections: list[str] = []
+    failed = 0
+    for name in names:
+        print(f"== {name}", flush=True)
+        started = time.monotonic()
+        try:
+            module = importlib.import_module(f"tests.bench.{name}")
+            section = module.run()
+        except Exception:  # a broken benchmark is reported, the others still run
+            failed += 1
+            section = f"## {name}\n\nFailed:\n\n```\n{traceback.format_exc()}```\n"
+        print(section, flush=True)
+        print(f"   ({time.monotonic() - started:.1f}s)", flush=True)
+        sections.append(section.strip() + "\n")
+    header = (
+        "# Benchmarks\n\n"
+        f"Written by `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"on {_machine()}.\n"
+        "Every figure is compared with a baseline measured in the same run; the machine is "
+        "shared and noisy, so read ratios and medians, not single timings.\n\n"
+    )
+    OUTPUT.parent.mkdir(exist_ok=True)
+    if wanted and OUTPUT.exists():
+        # Partial run: replace only the sections that ran, keep the others.
+        kept = _split(OUTPUT.read_text())
+        for section in sections:
+            kept[section.splitlines()[0]] = section
+        sections = list(kept.values())
+    OUTPUT.write_text(header + "\n".join(sections))
+    print(f"wrote {OUTPUT.relative_to(ROOT)}")
+    return 1 if failed else 0
+
+
+def _split(text: str) -> dict[str, str]:
+    parts: dict[str, str] = {}
+    current: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            if current and current[0].startswith("## "):
+                parts[current[0].rstrip("\n")] = "".join(current).strip() + "\n"
+            current = [line]
+        else:
+            current.append(line)
+    if current and current[0].startswith("## "):
+        parts[current[0].rstrip("\n")] = "".join(current).strip() + "\n"
+    return parts
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
