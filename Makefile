@@ -14,10 +14,18 @@ $(STAMP): $(REQS)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+# checkov pins many packages of its own: it lives in a venv of its own.
+CHECKOV_VENV  := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
+$(CHECKOV_STAMP): infra/terraform/requirements-checkov.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/terraform/requirements-checkov.txt
+	@touch $(CHECKOV_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/retrain local demo
 
-test: $(STAMP)
+test: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest tests --ignore=tests/bench
 
 lint: $(STAMP)
@@ -33,4 +41,4 @@ bench: $(STAMP)
 	$(PY) -m tests.bench
 
 clean:
-	rm -rf $(VENV) .localcloud .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .localcloud .mypy_cache .ruff_cache
