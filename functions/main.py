@@ -1,0 +1,17 @@
+"""Cloud Functions entry points (2nd gen, functions-framework): parse, hand to the core,
+return or raise. No policy lives here."""
+
+from __future__ import annotations
+
+import functions_framework
+from cloudevents.http import CloudEvent
+from retrain import bootstrap
+
+
+@functions_framework.cloud_event
+def trigger(cloud_event: CloudEvent) -> None:
+    """New data in GCS, a retrain request or a tick → at most one job per batch."""
+    app = bootstrap.app()
+    bootstrap.deliver(
+        app.trigger.handle, cloud_event.get_attributes(), cloud_event.get_data(), app.log
+    )

@@ -1,0 +1,1 @@
+"""retrain: event-driven GPU retraining on Google Cloud (the functions' core package)."""

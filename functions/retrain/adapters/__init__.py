@@ -1,0 +1,1 @@
+"""Adapters: the ports implemented with the official Google Cloud clients."""

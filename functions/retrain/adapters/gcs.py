@@ -1,0 +1,121 @@
+"""Cloud Storage adapters: the state store (preconditions as the only lock) and blobs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retrain.adapters.errors import translated
+from retrain.ports import Listed, Stored
+
+if TYPE_CHECKING:
+    from google.cloud import storage  # type: ignore[attr-defined]
+
+
+def split_gs_uri(uri: str) -> tuple[str, str]:
+    bucket, _, path = uri.removeprefix("gs://").partition("/")
+    return bucket, path
+
+
+class GcsStateStore:
+    """JSON documents under `gs://bucket/prefix`: `if_generation_match=0` creates are
+    atomic claims and `if_generation_match=<generation>` writes are compare-and-swap."""
+
+    def __init__(self, client: storage.Client, state_uri: str):
+        bucket, prefix = split_gs_uri(state_uri)
+        self._bucket = client.bucket(bucket)
+        self._client = client
+        self._prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+    def _name(self, key: str) -> str:
+        return self._prefix + key
+
+    def create(self, key: str, doc: Mapping[str, Any]) -> int | None:
+        from google.api_core.exceptions import PreconditionFailed
+
+        blob = self._bucket.blob(self._name(key))
+        with translated(f"create gs://{self._bucket.name}/{blob.name}"):
+            try:
+                blob.upload_from_string(
+                    json.dumps(doc), content_type="application/json", if_generation_match=0
+                )
+            except PreconditionFailed:
+                return None
+        return int(blob.generation or 0)
+
+    def read(self, key: str) -> Stored | None:
+        from google.api_core.exceptions import NotFound
+
+        blob = self._bucket.blob(self._name(key))
+        with translated(f"read gs://{self._bucket.name}/{blob.name}"):
+            try:
+                data = blob.download_as_bytes()
+            except NotFound:
+                return None
+        updated = blob.updated or datetime.now(UTC)
+        return Stored(json.loads(data), int(blob.generation or 0), updated)
+
+    def replace(self, key: str, doc: Mapping[str, Any], *, generation: int) -> int | None:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        blob = self._bucket.blob(self._name(key))
+        with translated(f"update gs://{self._bucket.name}/{blob.name}"):
+            try:
+                blob.upload_from_string(
+                    json.dumps(doc),
+                    content_type="application/json",
+                    if_generation_match=generation,
+                )
+            except (PreconditionFailed, NotFound):
+                return None
+        return int(blob.generation or 0)
+
+    def list(self, prefix: str) -> list[Listed]:
+        full = self._name(prefix)
+        with translated(f"list gs://{self._bucket.name}/{full}"):
+            blobs = list(self._client.list_blobs(self._bucket, prefix=full))
+        return [
+            Listed(
+                key=blob.name[len(self._prefix) :],
+                generation=int(blob.generation or 0),
+                updated=blob.updated or datetime.now(UTC),
+            )
+            for blob in blobs
+        ]
+
+    def delete(self, key: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        with translated(f"delete gs://{self._bucket.name}/{self._name(key)}"):
+            try:
+                self._bucket.blob(self._name(key)).delete()
+            except NotFound:
+                return  # already gone: deletes are idempotent
+
+
+class GcsBlobs:
+    """Whole objects by URI: `gs://` through the client, anything else from local disk."""
+
+    def __init__(self, client_factory: Any):
+        self._client_factory = client_factory
+
+    def read_text(self, uri: str) -> tuple[str, int]:
+        if not uri.startswith("gs://"):
+            return Path(uri).read_text(encoding="utf-8"), 0
+        bucket, name = split_gs_uri(uri)
+        blob = self._client_factory().bucket(bucket).blob(name)
+        with translated(f"read {uri}"):
+            text = blob.download_as_text()
+        return text, int(blob.generation or 0)
+
+    def generation(self, uri: str) -> int | None:
+        if not uri.startswith("gs://"):
+            path = Path(uri)
+            return path.stat().st_mtime_ns if path.exists() else None
+        bucket, name = split_gs_uri(uri)
+        with translated(f"stat {uri}"):
+            blob = self._client_factory().bucket(bucket).get_blob(name)
+        return int(blob.generation) if blob is not None else None

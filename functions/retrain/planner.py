@@ -1,0 +1,246 @@
+"""The planner: pure policy, no I/O.
+
+Given an event, the config and (for admission) a snapshot of state, it decides what
+should happen: `Ignore`, `Record` a pending object, `Submit` a run, or `Reject` the
+event. Routing, zero-byte objects, the product's own prefixes, trigger modes, cooldown,
+concurrency caps and request guards all live here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
+from typing import Any
+
+from retrain.config import Config, Pipeline
+from retrain.events import ObjectFinalized, RetrainRequested
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run to submit: everything the job and the run record need."""
+
+    pipeline: str
+    run_id: str
+    trigger: str  # each | marker | quiet | request
+    data_uri: str
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    objects: tuple[str, ...] = ()  # "name@generation" the run covers (lineage)
+    covers_folder: str | None = None  # marker: pending records under this folder
+    events: tuple[str, ...] = ()
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Ignore:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Reject:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Record:
+    pipeline: str
+    object_key: str  # "name@generation"
+
+
+@dataclass(frozen=True)
+class Submit:
+    run: RunPlan
+
+
+Decision = Ignore | Reject | Record | Submit
+
+
+@dataclass(frozen=True)
+class Admit:
+    pass
+
+
+@dataclass(frozen=True)
+class Wait:
+    reason: str
+
+
+def run_id_for(*parts: str) -> str:
+    """A deterministic run id: every duplicate delivery of one batch computes the same id.
+    16 hex characters fit Vertex label values ([a-z0-9_-], at most 63)."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def object_key(name: str, generation: int) -> str:
+    return f"{name}@{generation}"
+
+
+def plan_object(event: ObjectFinalized, config: Config) -> list[Decision]:
+    """One decision per pipeline the object routes to (usually one), or a single Ignore."""
+    if _is_own_output(event, config):
+        return [Ignore(f"{event.uri} is under the product's own state or output prefix")]
+    routed = [
+        p
+        for p in config.pipelines.values()
+        if p.bucket == event.bucket and event.name.startswith(p.prefix)
+    ]
+    if not routed:
+        return [Ignore(f"no pipeline watches {event.uri}")]
+    return [_plan_for_pipeline(event, pipeline) for pipeline in routed]
+
+
+def _plan_for_pipeline(event: ObjectFinalized, pipeline: Pipeline) -> Decision:
+    relative = event.name[len(pipeline.prefix) :]
+    is_marker = pipeline.trigger == "marker" and posixpath.basename(relative) == pipeline.marker
+    if is_marker:
+        folder = posixpath.dirname(event.name)
+        folder = f"{folder}/" if folder else ""
+        return Submit(
+            RunPlan(
+                pipeline=pipeline.name,
+                run_id=run_id_for(pipeline.name, "marker", event.key),
+                trigger="marker",
+                data_uri=f"gs://{event.bucket}/{folder}",
+                hyperparameters=dict(pipeline.training.hyperparameters),
+                objects=(object_key(event.name, event.generation),),
+                covers_folder=folder,
+                events=(event.event_id,),
+            )
+        )
+    if event.size == 0:
+        return Ignore(f"{event.uri} is a zero-byte object")
+    if not any(fnmatchcase(relative, glob) for glob in pipeline.include):
+        return Ignore(f"{event.uri} matches none of include {list(pipeline.include)}")
+    if pipeline.trigger == "each":
+        return Submit(
+            RunPlan(
+                pipeline=pipeline.name,
+                run_id=run_id_for(pipeline.name, "each", event.key),
+                trigger="each",
+                data_uri=event.uri,
+                hyperparameters=dict(pipeline.training.hyperparameters),
+                objects=(object_key(event.name, event.generation),),
+                events=(event.event_id,),
+            )
+        )
+    return Record(pipeline.name, object_key(event.name, event.generation))
+
+
+def _is_own_output(event: ObjectFinalized, config: Config) -> bool:
+    for uri in (config.defaults.state_uri, config.defaults.output_uri):
+        bucket, _, prefix = uri.removeprefix("gs://").partition("/")
+        if event.bucket == bucket and event.name.startswith(
+            prefix.rstrip("/") + "/" if prefix else ""
+        ):
+            return True
+    return False
+
+
+def plan_request(event: RetrainRequested, config: Config) -> Decision:
+    """A retrain request becomes one run, or a Reject naming the offending field."""
+    pipeline = config.pipeline(event.pipeline)
+    if pipeline is None:
+        known = ", ".join(sorted(config.pipelines))
+        return Reject(f"unknown pipeline {event.pipeline!r} (configured: {known})")
+    data_uri = event.data_uri or pipeline.data_root
+    problem = _check_data_uri(data_uri, config)
+    if problem:
+        return Reject(problem)
+    hyperparameters = dict(pipeline.training.hyperparameters)
+    for key, value in event.hyperparameters.items():
+        if key not in hyperparameters:
+            allowed = ", ".join(sorted(hyperparameters)) or "none"
+            return Reject(f"hyperparameters.{key} cannot be overridden (allowed: {allowed})")
+        expected = hyperparameters[key]
+        if not _same_type(expected, value):
+            return Reject(
+                f"hyperparameters.{key} must be {type(expected).__name__}, "
+                f"not {type(value).__name__} ({value!r})"
+            )
+        hyperparameters[key] = float(value) if isinstance(expected, float) else value
+    return Submit(
+        RunPlan(
+            pipeline=pipeline.name,
+            run_id=run_id_for(pipeline.name, "request", event.event_id),
+            trigger="request",
+            data_uri=data_uri,
+            hyperparameters=hyperparameters,
+            events=(event.event_id,),
+            reason=event.reason,
+        )
+    )
+
+
+def _check_data_uri(data_uri: str, config: Config) -> str | None:
+    if not data_uri.startswith("gs://") or len(data_uri) <= len("gs://"):
+        return f"data_uri must be a gs:// URI, not {data_uri!r}"
+    bucket = data_uri.removeprefix("gs://").split("/", 1)[0]
+    allowed = config.guards.allowed_buckets
+    if allowed and bucket not in allowed:
+        return f"data_uri bucket {bucket!r} is not allowed (guards.allowed_buckets: {', '.join(allowed)})"
+    return None
+
+
+def _same_type(expected: Any, value: Any) -> bool:
+    # bool is an int in Python; a request must not turn a flag into a number or back.
+    if isinstance(expected, bool) or isinstance(value, bool):
+        return isinstance(expected, bool) and isinstance(value, bool)
+    if isinstance(expected, float):
+        return isinstance(value, int | float)
+    return type(expected) is type(value)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A recorded object waiting for its batch (quiet mode), as listed from state."""
+
+    object_key: str
+    recorded_at: datetime
+
+
+def plan_quiet_flush(pipeline: Pipeline, pending: Sequence[Pending], now: datetime) -> Decision:
+    """Quiet mode: one run for everything pending once nothing new arrived for a while."""
+    if not pending:
+        return Ignore("nothing pending")
+    newest = max(p.recorded_at for p in pending)
+    quiet_for = now - newest
+    if quiet_for < timedelta(seconds=pipeline.quiet_seconds):
+        return Ignore(
+            f"{len(pending)} object(s) pending; last arrived {quiet_for.total_seconds():.0f}s ago, "
+            f"waiting for {pipeline.quiet_seconds}s of quiet"
+        )
+    keys = tuple(sorted(p.object_key for p in pending))
+    return Submit(
+        RunPlan(
+            pipeline=pipeline.name,
+            run_id=run_id_for(pipeline.name, "quiet", *keys),
+            trigger="quiet",
+            data_uri=pipeline.data_root,
+            hyperparameters=dict(pipeline.training.hyperparameters),
+            objects=keys,
+        )
+    )
+
+
+def admit(
+    pipeline: Pipeline,
+    config: Config,
+    *,
+    active_jobs: int,
+    last_submit_at: datetime | None,
+    now: datetime,
+) -> Admit | Wait:
+    """May a run of `pipeline` be submitted now? If not, it waits for a later tick."""
+    cap = config.guards.max_concurrent_jobs
+    if cap is not None and active_jobs >= cap:
+        return Wait(f"{active_jobs} job(s) active, guards.max_concurrent_jobs is {cap}")
+    if pipeline.cooldown_seconds and last_submit_at is not None:
+        ready_at = last_submit_at + timedelta(seconds=pipeline.cooldown_seconds)
+        if now < ready_at:
+            left = (ready_at - now).total_seconds()
+            return Wait(f"cooldown: {left:.0f}s left of {pipeline.cooldown_seconds}s")
+    return Admit()

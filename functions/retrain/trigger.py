@@ -1,0 +1,309 @@
+"""The trigger: turns data events, retrain requests and ticks into exactly one job per batch.
+
+Idempotency, step by step (keys in parentheses):
+* recording an object (`pending/<pipeline>/<name>@<generation>`): atomic create; a
+  duplicate finds it and stops.
+* a run (`runs/<pipeline>/<run_id>.json`, run id derived from the batch): atomic create is
+  the claim; duplicates read the record instead. A claimed run without a job is adopted
+  through the job's `retrain-run` label (a crash after CreateCustomJob), taken over when its
+  claim was released or went stale, or retried later while another delivery holds it.
+* waiting runs (`open/<pipeline>/<run_id>`) are submitted by ticks, never dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from retrain.config import Config, Pipeline
+from retrain.errors import InvalidRequest, TransientError
+from retrain.events import Event, ObjectFinalized, RetrainRequested, Tick
+from retrain.jobspec import PIPELINE_LABEL, RUN_LABEL, build_job, label_value
+from retrain.ledger import CLAIMED, SUBMITTED, WAITING, Ledger, iso, parse_iso
+from retrain.logs import Logger
+from retrain.planner import (
+    Ignore,
+    Record,
+    Reject,
+    RunPlan,
+    Submit,
+    Wait,
+    admit,
+    plan_object,
+    plan_quiet_flush,
+    plan_request,
+)
+from retrain.ports import TrainingService
+
+CLAIM_LEASE = timedelta(seconds=120)  # a claim older than this without a job is abandoned
+DUPLICATE_WAIT_S = (0.2, 0.4, 0.8)  # how a duplicate waits for the claimant to finish
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery did, for logs and tests."""
+
+    action: str  # ignored | recorded | duplicate | submitted | adopted | waiting | flushed
+    detail: str = ""
+    run_id: str | None = None
+    job_name: str | None = None
+
+
+class Trigger:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        ledger: Callable[[Config], Ledger],
+        training: Callable[[Config], TrainingService],
+        log: Logger,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self._config = config
+        self._ledger = ledger
+        self._training = training
+        self._log = log
+        self._clock = clock
+        self._sleep = sleep
+
+    def handle(self, event: Event) -> list[Outcome]:
+        config = self._config()
+        if isinstance(event, ObjectFinalized):
+            return self._on_object(event, config)
+        if isinstance(event, RetrainRequested):
+            return [self._on_request(event, config)]
+        if isinstance(event, Tick):
+            return self._on_tick(config)
+        reason = getattr(event, "reason", f"{type(event).__name__} is not for the trigger")
+        self._log.info("event ignored", event_id=event.event_id, reason=reason)
+        return [Outcome("ignored", reason)]
+
+    # data events -----------------------------------------------------------------------
+    def _on_object(self, event: ObjectFinalized, config: Config) -> list[Outcome]:
+        outcomes = []
+        log = self._log.bind(event_id=event.event_id, object=event.uri)
+        for decision in plan_object(event, config):
+            if isinstance(decision, Ignore):
+                log.info("object ignored", reason=decision.reason)
+                outcomes.append(Outcome("ignored", decision.reason))
+            elif isinstance(decision, Record):
+                ledger = self._ledger(config)
+                fresh = ledger.record_pending(
+                    decision.pipeline, decision.object_key, event.event_id, self._clock()
+                )
+                action = "recorded" if fresh else "duplicate"
+                log.info(f"object {action}", pipeline=decision.pipeline)
+                outcomes.append(Outcome(action, decision.object_key))
+            elif isinstance(decision, Submit):
+                outcomes.append(self._start(decision.run, config))
+            else:
+                outcomes.append(Outcome("ignored", decision.reason))
+        return outcomes
+
+    def _on_request(self, event: RetrainRequested, config: Config) -> Outcome:
+        decision = plan_request(event, config)
+        if isinstance(decision, Reject):
+            raise InvalidRequest(f"retrain request {event.event_id}: {decision.reason}")
+        assert isinstance(decision, Submit)
+        return self._start(decision.run, config)
+
+    # ticks -----------------------------------------------------------------------------
+    def _on_tick(self, config: Config) -> list[Outcome]:
+        ledger = self._ledger(config)
+        outcomes: list[Outcome] = []
+        for pipeline in config.pipelines.values():
+            if pipeline.trigger == "quiet":
+                decision = plan_quiet_flush(
+                    pipeline, ledger.list_pending(pipeline.name), self._clock()
+                )
+                if isinstance(decision, Submit):
+                    outcomes.append(self._start(decision.run, config))
+                elif isinstance(decision, Ignore) and decision.reason != "nothing pending":
+                    self._log.info(
+                        "quiet batch not ready", pipeline=pipeline.name, reason=decision.reason
+                    )
+            for run_id in ledger.open_runs(pipeline.name):
+                outcomes.append(self._resume(pipeline, run_id, config))
+        return outcomes
+
+    # runs ------------------------------------------------------------------------------
+    def _start(self, run: RunPlan, config: Config) -> Outcome:
+        ledger = self._ledger(config)
+        pipeline = config.pipelines[run.pipeline]
+        log = self._log.bind(pipeline=run.pipeline, run_id=run.run_id)
+        claimed = ledger.claim_run(run, self._clock())
+        if claimed is None:
+            return self._duplicate(pipeline, run.run_id, config)
+        ledger.open(run.pipeline, run.run_id)
+        if run.trigger in ("marker", "quiet"):
+            covered = self._cover_pending(ledger, run)
+            if covered:
+                updated = ledger.update_run(
+                    run.pipeline, run.run_id, claimed, {"objects": sorted(covered)}
+                )
+                claimed = updated or claimed
+        log.info("run claimed", trigger=run.trigger, data_uri=run.data_uri)
+        return self._admit_and_submit(pipeline, claimed.doc, claimed.generation, config)
+
+    def _cover_pending(self, ledger: Ledger, run: RunPlan) -> set[str]:
+        """The pending objects a run covers leave the pending set once the run is claimed
+        (the run record keeps them as lineage)."""
+        if run.trigger == "marker":
+            pending = {
+                p.object_key for p in ledger.list_pending(run.pipeline, run.covers_folder or "")
+            }
+        else:
+            pending = set(run.objects)
+        ledger.drop_pending(run.pipeline, pending)
+        return pending | set(run.objects)
+
+    def _admit_and_submit(
+        self, pipeline: Pipeline, record: dict[str, Any], generation: int, config: Config
+    ) -> Outcome:
+        from retrain.ports import Stored
+
+        ledger = self._ledger(config)
+        run_id = record["run_id"]
+        log = self._log.bind(pipeline=pipeline.name, run_id=run_id)
+        training = self._training(config)
+        current = Stored(record, generation, self._clock())
+        active = [
+            job
+            for job in training.find({PIPELINE_LABEL: label_value(pipeline.name)})
+            if not job.terminal and job.labels.get(RUN_LABEL) != label_value(run_id)
+        ]
+        decision = admit(
+            pipeline,
+            config,
+            active_jobs=len(active),
+            last_submit_at=ledger.last_submit(pipeline.name),
+            now=self._clock(),
+        )
+        if isinstance(decision, Wait):
+            if record.get("status") != WAITING or record.get("wait_reason") != decision.reason:
+                ledger.update_run(
+                    pipeline.name,
+                    run_id,
+                    current,
+                    {"status": WAITING, "wait_reason": decision.reason},
+                )
+            log.info("run waiting", reason=decision.reason)
+            return Outcome("waiting", decision.reason, run_id)
+        plan = _plan_from_record(record)
+        spec = build_job(pipeline, plan, config.defaults.output_uri)
+        try:
+            job = training.submit(spec)
+        except TransientError:
+            # Release the claim so that the redelivery may take over at once (it looks
+            # the job up by label first, in case the failed call did create it).
+            ledger.update_run(
+                pipeline.name, run_id, current, {"status": CLAIMED, "claimed_at": None}
+            )
+            raise
+        now = self._clock()
+        ledger.update_run(
+            pipeline.name,
+            run_id,
+            current,
+            {
+                "status": SUBMITTED,
+                "job_name": job.name,
+                "submitted_at": iso(now),
+                "wait_reason": None,
+            },
+        ) or self._raise_lost_update(run_id)
+        ledger.set_last_submit(pipeline.name, run_id, now)
+        ledger.close(pipeline.name, run_id)
+        log.info("job submitted", job_name=job.name, display_name=spec.display_name)
+        return Outcome("submitted", spec.display_name, run_id, job.name)
+
+    @staticmethod
+    def _raise_lost_update(run_id: str) -> Any:
+        raise TransientError(f"run {run_id}: record changed while its job was being submitted")
+
+    def _duplicate(self, pipeline: Pipeline, run_id: str, config: Config) -> Outcome:
+        """Another delivery claimed this run. Finish its work if it was abandoned."""
+        ledger = self._ledger(config)
+        log = self._log.bind(pipeline=pipeline.name, run_id=run_id)
+        stored = ledger.read_run(pipeline.name, run_id)
+        for delay in DUPLICATE_WAIT_S:
+            if (
+                stored is None
+                or stored.doc.get("status") != CLAIMED
+                or not stored.doc.get("claimed_at")
+            ):
+                break
+            self._sleep(delay)
+            stored = ledger.read_run(pipeline.name, run_id)
+        if stored is None:
+            raise TransientError(f"run {run_id}: record vanished while being read")
+        status = stored.doc.get("status")
+        if status == SUBMITTED:
+            log.info(
+                "duplicate delivery: job already submitted", job_name=stored.doc.get("job_name")
+            )
+            return Outcome("duplicate", "already submitted", run_id, stored.doc.get("job_name"))
+        if status == WAITING:
+            log.info("duplicate delivery: run is waiting", reason=stored.doc.get("wait_reason"))
+            return Outcome("duplicate", "waiting", run_id)
+        return self._recover(pipeline, stored, config)
+
+    def _resume(self, pipeline: Pipeline, run_id: str, config: Config) -> Outcome:
+        ledger = self._ledger(config)
+        stored = ledger.read_run(pipeline.name, run_id)
+        if stored is None or stored.doc.get("status") == SUBMITTED:
+            ledger.close(pipeline.name, run_id)
+            return Outcome("duplicate", "already submitted", run_id)
+        if stored.doc.get("status") == WAITING:
+            return self._admit_and_submit(pipeline, stored.doc, stored.generation, config)
+        try:
+            return self._recover(pipeline, stored, config)
+        except TransientError as err:
+            return Outcome("waiting", str(err), run_id)
+
+    def _recover(self, pipeline: Pipeline, stored: Any, config: Config) -> Outcome:
+        """A claimed run without a recorded job: adopt the job if it exists, take over a
+        released or stale claim, or ask for a retry while the claimant may still work."""
+        ledger = self._ledger(config)
+        run_id = stored.doc["run_id"]
+        log = self._log.bind(pipeline=pipeline.name, run_id=run_id)
+        jobs = self._training(config).find({RUN_LABEL: label_value(run_id)})
+        if jobs:
+            job = sorted(jobs, key=lambda j: j.name)[0]
+            ledger.update_run(
+                pipeline.name,
+                run_id,
+                stored,
+                {"status": SUBMITTED, "job_name": job.name, "submitted_at": iso(self._clock())},
+            )
+            ledger.set_last_submit(pipeline.name, run_id, self._clock())
+            ledger.close(pipeline.name, run_id)
+            log.warning("adopted job created by an interrupted delivery", job_name=job.name)
+            return Outcome("adopted", "found by label", run_id, job.name)
+        claimed_at = parse_iso(stored.doc.get("claimed_at"))
+        if claimed_at is not None and self._clock() - claimed_at < CLAIM_LEASE:
+            raise TransientError(f"run {run_id} is being submitted by another delivery")
+        taken = ledger.update_run(
+            pipeline.name, run_id, stored, {"status": CLAIMED, "claimed_at": iso(self._clock())}
+        )
+        if taken is None:
+            raise TransientError(f"run {run_id} was taken over by another delivery")
+        log.warning("taking over an abandoned claim")
+        return self._admit_and_submit(pipeline, taken.doc, taken.generation, config)
+
+
+def _plan_from_record(record: dict[str, Any]) -> RunPlan:
+    return RunPlan(
+        pipeline=record["pipeline"],
+        run_id=record["run_id"],
+        trigger=record["trigger"],
+        data_uri=record["data_uri"],
+        hyperparameters=dict(record.get("hyperparameters") or {}),
+        objects=tuple(record.get("objects") or ()),
+        covers_folder=record.get("covers_folder"),
+        events=tuple(record.get("events") or ()),
+        reason=record.get("reason"),
+    )
