@@ -542,6 +542,46 @@ def test_without_any_gpu_a_gpu_job_runs_on_cpu_with_a_warning(
     assert ("WARNING", warning) in entries_for(logs, "17", "workerpool0-0")
 
 
+@pytest.mark.parametrize(
+    ("gpus", "devices", "shared"),
+    [(["0", "1", "2"], ["0", "1"], False), (["0"], ["0", "0"], True)],
+)
+def test_replicas_get_gpus_of_their_own_or_share_them_with_a_warning(
+    make_jobs: Callable[[list[str]], LocalJobRuntime],
+    logs: LogStore,
+    out: Path,
+    gpus: list[str],
+    devices: list[str],
+    shared: bool,
+) -> None:
+    runtime = make_jobs(gpus)
+    updates = Updates()
+    job = custom_job(f"{REGISTRY}/envdump:1", [str(out)], workers=1, accelerators=1)
+
+    runtime.submit("21", job, updates)
+
+    updates.wait_for(SUCCEEDED)
+    seen = [json.loads((out / f"env-{r}.json").read_text())["env"] for r in (0, 1)]
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in seen] == devices
+    warnings = [m for sev, m in entries_for(logs, "21", "workerpool0-0") if sev == "WARNING"]
+    assert any("its replicas share them" in m for m in warnings) == shared
+
+
+def test_a_job_without_a_chief_fails_saying_what_to_set(
+    make_jobs: Callable[[list[str]], LocalJobRuntime],
+) -> None:
+    runtime = make_jobs([])
+    updates = Updates()
+    job = custom_job(f"{REGISTRY}/envdump:1", [])
+    job.job_spec.worker_pool_specs[0].replica_count = 0
+
+    runtime.submit("23", job, updates)
+
+    failed = updates.wait_for(FAILED)
+    assert failed.error_message is not None
+    assert "worker_pool_specs[0].replica_count" in failed.error_message
+
+
 def test_an_unmapped_image_fails_the_job_with_the_mapping_hint(
     make_jobs: Callable[[list[str]], LocalJobRuntime],
 ) -> None:

@@ -1,0 +1,160 @@
+"""The trigger service over fakes of its ports: exactly one job per batch."""
+
+from __future__ import annotations
+
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from retrain.config import parse_config
+from retrain.errors import InvalidRequest, TransientError
+from retrain.events import ObjectFinalized, RetrainRequested, Tick
+from retrain.ledger import Ledger
+from retrain.logs import Logger
+from retrain.trigger import Trigger
+from tests.fakes import SAMPLE_CONFIG, FakeTraining, MemoryStateStore
+
+
+class World:
+    def __init__(self, config_text: str = SAMPLE_CONFIG):
+        self.now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+        self.config = parse_config(config_text, "pipelines.toml")
+        self.store = MemoryStateStore(clock=lambda: self.now)
+        self.training = FakeTraining()
+        self.stream = io.StringIO()
+        self.trigger = Trigger(
+            lambda: self.config,
+            lambda _c: Ledger(self.store),
+            lambda _c: self.training,
+            Logger(self.stream),
+            clock=lambda: self.now,
+            sleep=lambda _s: None,
+        )
+
+    def logs(self) -> list[dict]:
+        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
+
+
+def obj(name: str, generation: int = 1, size: int = 10) -> ObjectFinalized:
+    return ObjectFinalized(f"ev-{name}-{generation}", "acme-landing", name, generation, size)
+
+
+def test_each_duplicates_and_concurrency_give_one_job():
+    world = World()
+    event = obj("events/a.csv")
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = list(pool.map(lambda _: _safe(world.trigger.handle, event), range(50)))
+    assert len(world.training.jobs) == 1
+    assert sum(1 for o in outcomes if o and o[0].action == "submitted") == 1
+    world.trigger.handle(event)  # a late redelivery
+    assert len(world.training.jobs) == 1
+    world.trigger.handle(obj("events/a.csv", generation=2))  # an overwrite is new data
+    assert len(world.training.jobs) == 2
+
+
+def _safe(handle, event):
+    try:
+        return handle(event)
+    except TransientError:
+        return None
+
+
+def test_marker_collects_pending_objects_and_submits_once():
+    world = World()
+    for i in range(3):
+        world.trigger.handle(obj(f"churn/d1/part-{i}.csv"))
+        world.trigger.handle(obj(f"churn/d1/part-{i}.csv"))  # duplicate
+    assert len(world.store.keys("pending/churn/")) == 3
+    assert world.training.jobs == {}
+    world.trigger.handle(obj("churn/d1/_SUCCESS", size=0))
+    world.trigger.handle(obj("churn/d1/_SUCCESS", size=0))
+    (spec,) = world.training.specs.values()
+    assert "--data-uri=gs://acme-landing/churn/d1/" in spec.worker_pools[0].args
+    assert world.store.keys("pending/churn/") == []
+    (run_key,) = world.store.keys("runs/churn/")
+    assert len(world.store.doc(run_key)["objects"]) == 4  # 3 parts + the marker
+
+
+def test_quiet_mode_waits_for_quiet_then_one_job_and_cooldown():
+    world = World()
+    for i in range(20):
+        world.trigger.handle(obj(f"clicks/p{i}.json"))
+    world.trigger.handle(Tick("t1"))
+    assert world.training.jobs == {}
+    world.now += timedelta(seconds=301)
+    world.trigger.handle(Tick("t2"))
+    world.trigger.handle(Tick("t3"))
+    assert len(world.training.jobs) == 1
+    assert world.store.keys("pending/clicks/") == []
+    # cooldown: the next batch waits until 600 s after the first submission
+    world.trigger.handle(obj("clicks/late.json"))
+    world.now += timedelta(seconds=301)
+    world.trigger.handle(Tick("t4"))
+    assert len(world.training.jobs) == 1
+    world.now += timedelta(seconds=300)
+    world.trigger.handle(Tick("t5"))
+    assert len(world.training.jobs) == 2
+
+
+def test_runs_over_the_cap_wait_and_a_later_tick_submits_them():
+    world = World()
+    for i in range(3):
+        world.trigger.handle(RetrainRequested(f"m{i}", "churn"))
+    assert len(world.training.jobs) == 2
+    world.trigger.handle(Tick("t1"))
+    assert len(world.training.jobs) == 2
+    first = next(iter(world.training.jobs))
+    world.training.set_state(first, "JOB_STATE_SUCCEEDED")
+    world.trigger.handle(Tick("t2"))
+    world.trigger.handle(Tick("t3"))
+    assert len(world.training.jobs) == 3
+    assert world.store.keys("open/") == []
+
+
+def test_transient_submit_failure_raises_and_redelivery_submits_once():
+    world = World()
+    world.training.fail_submit.append(TransientError("503 from Vertex"))
+    request = RetrainRequested("m-1", "churn")
+    with pytest.raises(TransientError):
+        world.trigger.handle(request)
+    assert world.training.jobs == {}
+    world.trigger.handle(request)
+    world.trigger.handle(request)
+    assert len(world.training.jobs) == 1
+
+
+def test_crash_after_job_creation_is_adopted_on_redelivery():
+    world = World()
+    world.store.fail_next_replace = TransientError("GCS 503 on the run record update")
+    request = RetrainRequested("m-1", "churn")
+    with pytest.raises(TransientError):
+        world.trigger.handle(request)
+    assert len(world.training.jobs) == 1
+    (outcome,) = world.trigger.handle(request)
+    assert outcome.action == "adopted"
+    assert len(world.training.jobs) == 1
+    (run_key,) = world.store.keys("runs/churn/")
+    assert world.store.doc(run_key)["job_name"] == next(iter(world.training.jobs))
+
+
+def test_concurrent_duplicate_while_claim_is_fresh_asks_for_retry():
+    world = World()
+    request = RetrainRequested("m-1", "churn")
+    world.training.fail_submit.append(RuntimeError("claimant died without releasing"))
+    with pytest.raises(RuntimeError):
+        world.trigger.handle(request)
+    with pytest.raises(TransientError, match="being submitted by another delivery"):
+        world.trigger.handle(request)
+    world.now += timedelta(minutes=5)  # the claim goes stale: the next tick takes it over
+    world.trigger.handle(Tick("t"))
+    assert len(world.training.jobs) == 1
+
+
+def test_rejected_request_raises_permanent_error_and_submits_nothing():
+    world = World()
+    with pytest.raises(InvalidRequest, match="unknown pipeline 'nope'"):
+        world.trigger.handle(RetrainRequested("m-1", "nope"))
+    assert world.training.jobs == {} and world.store.keys() == []
