@@ -51,7 +51,8 @@ import os, sys, time
 from pathlib import Path
 out = Path(sys.argv[1])
 if os.environ["RANK"] == "0":
-    (out / "chief.pid").write_text(str(os.getpid()))
+    (out / "pid.tmp").write_text(str(os.getpid()))
+    os.replace(out / "pid.tmp", out / "chief.pid")  # whole, or not there at all
     time.sleep(60)
 deadline = time.monotonic() + 20
 while not (out / "chief.pid").exists() and time.monotonic() < deadline:
@@ -66,7 +67,8 @@ SLEEPER = """
 import os, subprocess, sys, time
 from pathlib import Path
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-Path(sys.argv[1], "sleeper.pid").write_text(str(os.getpid()))
+Path(sys.argv[1], "pid.tmp").write_text(str(os.getpid()))
+os.replace(Path(sys.argv[1], "pid.tmp"), Path(sys.argv[1], "sleeper.pid"))
 print("sleeping", flush=True)
 time.sleep(60)
 """
