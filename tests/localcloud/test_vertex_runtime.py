@@ -27,6 +27,7 @@ from localcloud.vertex.runtime_local import (
     LocalJobRuntime,
     LocalModelRuntime,
     classify_line,
+    detect_gpus,
 )
 
 REGISTRY = "us-docker.pkg.dev/acme/retrain"
@@ -336,6 +337,23 @@ def test_output_lines_get_cloud_logging_severities(
     line: str, from_stderr: bool, severity: str
 ) -> None:
     assert classify_line(line, from_stderr=from_stderr)[0] == severity
+
+
+def test_gpus_are_detected_with_nvidia_smi_and_narrowed_by_cuda_visible_devices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf '0\\n1\\n2\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+    assert detect_gpus({}) == ["0", "1", "2"]
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": "2,1"}) == ["2", "1"]
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": "0"}) == []
 
 
 # ------------------------------------------------------------------ jobs

@@ -202,8 +202,10 @@ def _distinct_free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def detect_gpus() -> list[str]:
-    """Indices of the machine's NVIDIA GPUs; none when `nvidia-smi` is missing or fails."""
+def detect_gpus(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The GPUs jobs may use: the machine's NVIDIA GPUs as `nvidia-smi` lists them, or, when
+    localcloud itself runs with CUDA_VISIBLE_DEVICES set, the ones it names (so a shared
+    machine can lend localcloud some of its GPUs). None when `nvidia-smi` is missing."""
     program = shutil.which("nvidia-smi")
     if program is None:
         return []
@@ -218,7 +220,13 @@ def detect_gpus() -> list[str]:
     except (OSError, subprocess.SubprocessError) as err:
         _log.warning("nvidia-smi failed, treating the machine as having no GPU: %s", err)
         return []
-    return [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    found = _csv(result.stdout.replace("\n", ","))
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    return found if visible is None or not found else _csv(visible)
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 # ---------------------------------------------------------------------------- job planning
@@ -437,12 +445,12 @@ class _Replica:
         self._log.write(self.plan.task_name, severity, message, fields)
 
     def failure_message(self) -> str:
-        if self.last_error or self.last_stderr:
-            return self.last_error or self.last_stderr or ""
         code = self.process.returncode
         if code < 0:
-            return f"replica {self.plan.task_name} was killed by {signal.Signals(-code).name}"
-        return f"replica {self.plan.task_name} exited with code {code}"
+            ending = f"replica {self.plan.task_name} was killed by {signal.Signals(-code).name}"
+        else:
+            ending = f"replica {self.plan.task_name} exited with code {code}"
+        return self.last_error or self.last_stderr or ending
 
 
 @dataclass(eq=False)
@@ -604,8 +612,10 @@ class LocalJobRuntime:
             self._finish(replicas)
             return JobUpdate(CANCELLED)
         self._report(job, JobUpdate(RUNNING))
-        verdict = self._watch(job, replicas, _timeout_seconds(job.spec))
-        self._finish(replicas)
+        try:
+            verdict = self._watch(job, replicas, _timeout_seconds(job.spec))
+        finally:
+            self._finish(replicas)
         if isinstance(verdict, _Replica):
             return JobUpdate(FAILED, verdict.failure_message())
         return verdict
