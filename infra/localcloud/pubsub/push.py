@@ -73,6 +73,7 @@ class PushDelivery:
         """Stop dispatching. Deliveries in flight finish on their own; their outcome is
         dropped, so the messages stay pending and are delivered again after a restart."""
         self._stopping.set()
+        self._broker.wake()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
