@@ -3,18 +3,22 @@ clients over REST (and `requests` where a client cannot send what is being teste
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform_v1
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, json_format, struct_pb2
+from localcloud.errors import LocalCloudError
 from localcloud.logstore import LogStore
-from localcloud.vertex.runtime import JobUpdate
+from localcloud.vertex.runtime import DeployedServer, JobUpdate
 from localcloud.vertex.server import VertexServer
 
 PROJECT = "demo-project"
@@ -29,6 +33,24 @@ def client_options(server: VertexServer) -> dict[str, str]:
 
 def job_client(server: VertexServer) -> aiplatform_v1.JobServiceClient:
     return aiplatform_v1.JobServiceClient(
+        transport="rest", credentials=AnonymousCredentials(), client_options=client_options(server)
+    )
+
+
+def model_client(server: VertexServer) -> aiplatform_v1.ModelServiceClient:
+    return aiplatform_v1.ModelServiceClient(
+        transport="rest", credentials=AnonymousCredentials(), client_options=client_options(server)
+    )
+
+
+def endpoint_client(server: VertexServer) -> aiplatform_v1.EndpointServiceClient:
+    return aiplatform_v1.EndpointServiceClient(
+        transport="rest", credentials=AnonymousCredentials(), client_options=client_options(server)
+    )
+
+
+def prediction_client(server: VertexServer) -> aiplatform_v1.PredictionServiceClient:
+    return aiplatform_v1.PredictionServiceClient(
         transport="rest", credentials=AnonymousCredentials(), client_options=client_options(server)
     )
 
@@ -55,6 +77,69 @@ class FakeJobRuntime:
         self.closed = True
 
 
+class EchoModelServer:
+    """A real serving container stand-in: answers the predict route with each instance
+    tagged by the model's artifact URI, and refuses instances that are not objects."""
+
+    def __init__(self, artifact_uri: str) -> None:
+        artifact = artifact_uri
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not all(isinstance(item, dict) for item in body["instances"]):
+                    self._reply(400, {"error": "instances must be JSON objects"})
+                    return
+                predictions = [{"artifact": artifact, **item} for item in body["instances"]]
+                self._reply(200, {"predictions": predictions})
+
+            def _reply(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class FakeModelRuntime:
+    """Serves each deployed model with an EchoModelServer; `fail_with` makes deploys fail."""
+
+    def __init__(self) -> None:
+        self.servers: dict[str, EchoModelServer] = {}
+        self.deployed: dict[str, aiplatform_v1.Model] = {}
+        self.fail_with: str | None = None
+
+    def deploy(self, deployed_model_id: str, model: aiplatform_v1.Model) -> DeployedServer:
+        if self.fail_with is not None:
+            raise LocalCloudError(self.fail_with)
+        server = EchoModelServer(model.artifact_uri)
+        self.servers[deployed_model_id] = server
+        self.deployed[deployed_model_id] = model
+        return DeployedServer(url=server.url, predict_route="/predict", health_route="/health")
+
+    def undeploy(self, deployed_model_id: str) -> None:
+        self.deployed.pop(deployed_model_id)
+        self.servers.pop(deployed_model_id).stop()
+
+    def close(self) -> None:
+        for deployed_model_id in list(self.servers):
+            self.undeploy(deployed_model_id)
+
+
 @pytest.fixture
 def logs(tmp_path: Path) -> LogStore:
     return LogStore(tmp_path / "logs.jsonl")
@@ -66,8 +151,17 @@ def job_runtime() -> FakeJobRuntime:
 
 
 @pytest.fixture
-def server(tmp_path: Path, logs: LogStore, job_runtime: FakeJobRuntime) -> Iterator[VertexServer]:
-    with VertexServer(tmp_path / "vertex", jobs=job_runtime, logs=logs).start() as running:
+def model_runtime() -> FakeModelRuntime:
+    return FakeModelRuntime()
+
+
+@pytest.fixture
+def server(
+    tmp_path: Path, logs: LogStore, job_runtime: FakeJobRuntime, model_runtime: FakeModelRuntime
+) -> Iterator[VertexServer]:
+    with VertexServer(
+        tmp_path / "vertex", jobs=job_runtime, models=model_runtime, logs=logs
+    ).start() as running:
         yield running
 
 
@@ -393,3 +487,294 @@ def test_concurrent_creates_all_persist(tmp_path: Path) -> None:
     with VertexServer(state_dir).start() as restarted:
         pager = job_client(restarted).list_custom_jobs(request={"parent": PARENT})
         assert sorted(job.display_name for job in pager) == sorted(f"c{i}" for i in range(8))
+
+
+# -- models --------------------------------------------------------------------------
+
+
+def serving_model(
+    display_name: str = "churn", artifact_uri: str = "gs://artifacts/runs/churn/r1/model", **kw: Any
+) -> aiplatform_v1.Model:
+    return aiplatform_v1.Model(
+        display_name=display_name,
+        artifact_uri=artifact_uri,
+        container_spec=aiplatform_v1.ModelContainerSpec(
+            image_uri="us-docker.pkg.dev/p/retrain/serving:latest",
+            predict_route="/predict",
+            health_route="/health",
+        ),
+        labels={"retrain-pipeline": display_name},
+        **kw,
+    )
+
+
+def upload(
+    server: VertexServer, model: aiplatform_v1.Model, parent_model: str = ""
+) -> aiplatform_v1.UploadModelResponse:
+    operation = model_client(server).upload_model(
+        request={"parent": PARENT, "model": model, "parent_model": parent_model}
+    )
+    response: aiplatform_v1.UploadModelResponse = operation.result(timeout=10)
+    return response
+
+
+def values(*items: Any) -> list[struct_pb2.Value]:
+    """Instances as the prediction client types them: protobuf Values."""
+    return [json_format.ParseDict(item, struct_pb2.Value()) for item in items]
+
+
+def predictions_of(response: aiplatform_v1.PredictResponse) -> Any:
+    return aiplatform_v1.PredictResponse.to_dict(response)["predictions"]
+
+
+def test_upload_creates_version_1_then_parent_model_adds_version_2(server: VertexServer) -> None:
+    first = upload(server, serving_model(version_aliases=["champion"]))
+    second = upload(
+        server, serving_model(artifact_uri="gs://artifacts/runs/churn/r2/model"), first.model
+    )
+
+    client = model_client(server)
+    model_id = first.model.rsplit("/", 1)[1]
+    assert model_id.isdigit()
+    assert (first.model_version_id, second.model_version_id) == ("1", "2")
+    assert second.model == first.model == f"{PARENT}/models/{model_id}"
+    newest = client.get_model(name=first.model)
+    assert (newest.version_id, newest.artifact_uri) == ("2", "gs://artifacts/runs/churn/r2/model")
+    assert newest.container_spec == serving_model().container_spec
+    assert list(newest.version_aliases) == ["default"]
+    assert client.get_model(name=f"{first.model}@champion").version_id == "1"
+    assert client.get_model(name=f"{first.model}@1").version_aliases == ["champion"]
+    versions = client.list_model_versions(name=first.model)
+    assert [v.version_id for v in versions] == ["1", "2"]
+
+
+def test_merge_version_aliases_moves_and_removes_aliases(server: VertexServer) -> None:
+    first = upload(server, serving_model(version_aliases=["champion"]))
+    upload(server, serving_model(), first.model)
+    client = model_client(server)
+
+    moved = client.merge_version_aliases(
+        name=f"{first.model}@2", version_aliases=["champion", "canary"]
+    )
+    removed = client.merge_version_aliases(
+        name=f"{first.model}@canary", version_aliases=["-canary"]
+    )
+
+    assert list(moved.version_aliases) == ["default", "champion", "canary"]
+    assert list(removed.version_aliases) == ["default", "champion"]
+    assert list(client.get_model(name=f"{first.model}@1").version_aliases) == []
+    assert client.get_model(name=f"{first.model}@champion").version_id == "2"
+    with pytest.raises(exceptions.NotFound, match="canary"):
+        client.get_model(name=f"{first.model}@canary")
+    with pytest.raises(exceptions.BadRequest, match="default"):
+        client.merge_version_aliases(name=f"{first.model}@2", version_aliases=["-default"])
+
+
+def test_list_models_filters_by_display_name_and_label(server: VertexServer) -> None:
+    churn = upload(server, serving_model("churn"))
+    upload(server, serving_model("churn"), churn.model)
+    upload(server, serving_model("fraud"))
+    client = model_client(server)
+
+    def listed(filter_text: str) -> list[tuple[str, str]]:
+        pager = client.list_models(request={"parent": PARENT, "filter": filter_text})
+        return [(model.display_name, model.version_id) for model in pager]
+
+    assert listed('display_name="churn"') == [("churn", "2")]
+    assert listed("labels.retrain-pipeline=fraud") == [("fraud", "1")]
+
+
+def test_upload_to_an_unknown_parent_model_is_not_found(server: VertexServer) -> None:
+    with pytest.raises(exceptions.NotFound, match="models/404"):
+        upload(server, serving_model(), f"{PARENT}/models/404")
+
+
+def test_models_survive_a_restart(tmp_path: Path) -> None:
+    with VertexServer(tmp_path / "vertex").start() as server:
+        first = upload(server, serving_model(version_aliases=["champion"]))
+        upload(server, serving_model(), first.model)
+    with VertexServer(tmp_path / "vertex").start() as server:
+        client = model_client(server)
+        assert client.get_model(name=f"{first.model}@champion").version_id == "1"
+        assert client.get_model(name=first.model).version_id == "2"
+
+
+# -- endpoints and predictions -------------------------------------------------------
+
+
+def create_endpoint(server: VertexServer, display_name: str = "churn") -> aiplatform_v1.Endpoint:
+    operation = endpoint_client(server).create_endpoint(
+        parent=PARENT, endpoint=aiplatform_v1.Endpoint(display_name=display_name)
+    )
+    endpoint: aiplatform_v1.Endpoint = operation.result(timeout=10)
+    return endpoint
+
+
+def deploy(
+    server: VertexServer, endpoint: str, model: str, traffic_split: dict[str, int]
+) -> aiplatform_v1.DeployedModel:
+    operation = endpoint_client(server).deploy_model(
+        endpoint=endpoint,
+        deployed_model=aiplatform_v1.DeployedModel(
+            model=model,
+            dedicated_resources=aiplatform_v1.DedicatedResources(
+                machine_spec=aiplatform_v1.MachineSpec(machine_type="n1-standard-2"),
+                min_replica_count=1,
+            ),
+        ),
+        traffic_split=traffic_split,
+    )
+    response: aiplatform_v1.DeployModelResponse = operation.result(timeout=10)
+    return response.deployed_model
+
+
+def test_endpoint_create_get_and_list_by_display_name(server: VertexServer) -> None:
+    churn = create_endpoint(server, "churn")
+    create_endpoint(server, "fraud")
+    client = endpoint_client(server)
+
+    listed = client.list_endpoints(request={"parent": PARENT, "filter": 'display_name="churn"'})
+
+    assert churn.name.startswith(f"{PARENT}/endpoints/")
+    assert [endpoint.name for endpoint in listed] == [churn.name]
+    assert client.get_endpoint(name=churn.name) == churn
+
+
+def test_deploy_split_predict_and_undeploy(
+    server: VertexServer, model_runtime: FakeModelRuntime
+) -> None:
+    first = upload(server, serving_model(artifact_uri="gs://a/v1"))
+    upload(server, serving_model(artifact_uri="gs://a/v2"), first.model)
+    endpoint = create_endpoint(server)
+    client = endpoint_client(server)
+
+    old = deploy(server, endpoint.name, f"{first.model}@1", {"0": 100})
+    new = deploy(server, endpoint.name, first.model, {"0": 100, old.id: 0})
+
+    current = client.get_endpoint(name=endpoint.name)
+    assert [m.id for m in current.deployed_models] == [old.id, new.id]
+    assert (old.model, old.model_version_id) == (first.model, "1")
+    assert (new.model, new.model_version_id) == (first.model, "2")
+    assert dict(current.traffic_split) == {old.id: 0, new.id: 100}
+    assert model_runtime.deployed[new.id].artifact_uri == "gs://a/v2"
+
+    predicted = prediction_client(server).predict(
+        endpoint=endpoint.name, instances=values({"x": 1.5}, {"x": 2})
+    )
+    assert predicted.deployed_model_id == new.id
+    assert (predicted.model, predicted.model_version_id) == (first.model, "2")
+    assert predictions_of(predicted) == [
+        {"artifact": "gs://a/v2", "x": 1.5},
+        {"artifact": "gs://a/v2", "x": 2},
+    ]
+
+    client.undeploy_model(endpoint=endpoint.name, deployed_model_id=old.id).result(timeout=10)
+    after = client.get_endpoint(name=endpoint.name)
+    assert [m.id for m in after.deployed_models] == [new.id]
+    assert dict(after.traffic_split) == {new.id: 100}
+    assert old.id not in model_runtime.servers
+
+
+def test_predict_passes_the_containers_refusal_through(server: VertexServer) -> None:
+    model = upload(server, serving_model())
+    endpoint = create_endpoint(server)
+    deploy(server, endpoint.name, model.model, {"0": 100})
+
+    with pytest.raises(exceptions.BadRequest, match="instances must be JSON objects"):
+        prediction_client(server).predict(endpoint=endpoint.name, instances=values([1, 2]))
+
+
+def test_predict_without_a_deployed_model_is_refused(server: VertexServer) -> None:
+    endpoint = create_endpoint(server)
+
+    with pytest.raises(exceptions.BadRequest, match="no deployed model"):
+        prediction_client(server).predict(endpoint=endpoint.name, instances=values({"x": 1}))
+
+
+def test_traffic_split_must_sum_to_100(server: VertexServer) -> None:
+    model = upload(server, serving_model())
+    endpoint = create_endpoint(server)
+
+    with pytest.raises(exceptions.BadRequest, match="sum to 100, got 90"):
+        deploy(server, endpoint.name, model.model, {"0": 90})
+    deployed = deploy(server, endpoint.name, model.model, {"0": 100})
+    client = endpoint_client(server)
+    with pytest.raises(exceptions.BadRequest, match="not deployed: 42"):
+        client.update_endpoint(
+            endpoint=aiplatform_v1.Endpoint(
+                name=endpoint.name, traffic_split={deployed.id: 50, "42": 50}
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["traffic_split"]),
+        )
+    assert dict(client.get_endpoint(name=endpoint.name).traffic_split) == {deployed.id: 100}
+
+
+def test_update_endpoint_moves_traffic(server: VertexServer) -> None:
+    model = upload(server, serving_model())
+    endpoint = create_endpoint(server)
+    first = deploy(server, endpoint.name, model.model, {"0": 100})
+    second = deploy(server, endpoint.name, model.model, {"0": 0, first.id: 100})
+
+    updated = endpoint_client(server).update_endpoint(
+        endpoint=aiplatform_v1.Endpoint(
+            name=endpoint.name, traffic_split={first.id: 20, second.id: 80}
+        ),
+        update_mask=field_mask_pb2.FieldMask(paths=["traffic_split"]),
+    )
+
+    assert dict(updated.traffic_split) == {first.id: 20, second.id: 80}
+    assert updated.display_name == "churn"
+
+
+def test_failed_deploy_is_an_operation_error_and_changes_nothing(
+    server: VertexServer, model_runtime: FakeModelRuntime
+) -> None:
+    model = upload(server, serving_model())
+    endpoint = create_endpoint(server)
+    model_runtime.fail_with = "serving container exited with code 1: no such file model.pkl"
+
+    with pytest.raises(exceptions.GoogleAPICallError, match=r"model\.pkl"):
+        deploy(server, endpoint.name, model.model, {"0": 100})
+
+    unchanged = endpoint_client(server).get_endpoint(name=endpoint.name)
+    assert unchanged == endpoint
+    assert not unchanged.deployed_models and not unchanged.traffic_split
+
+
+def test_undeploying_a_model_with_traffic_needs_a_new_split(server: VertexServer) -> None:
+    model = upload(server, serving_model())
+    endpoint = create_endpoint(server)
+    first = deploy(server, endpoint.name, model.model, {"0": 100})
+    deploy(server, endpoint.name, model.model, {"0": 0, first.id: 100})
+
+    with pytest.raises(exceptions.BadRequest, match="traffic"):
+        endpoint_client(server).undeploy_model(endpoint=endpoint.name, deployed_model_id=first.id)
+
+
+def test_deployed_models_are_served_again_after_a_restart(tmp_path: Path) -> None:
+    runtime = FakeModelRuntime()
+    with VertexServer(tmp_path / "vertex", models=runtime).start() as server:
+        model = upload(server, serving_model(artifact_uri="gs://a/v1"))
+        endpoint = create_endpoint(server)
+        deployed = deploy(server, endpoint.name, model.model, {"0": 100})
+    assert not runtime.servers
+
+    with VertexServer(tmp_path / "vertex", models=runtime).start() as server:
+        predicted = prediction_client(server).predict(
+            endpoint=endpoint.name, instances=values({"x": 1})
+        )
+
+    assert predicted.deployed_model_id == deployed.id
+    assert predictions_of(predicted) == [{"artifact": "gs://a/v1", "x": 1}]
+
+
+def test_operations_answer_on_v1_and_ui_paths(server: VertexServer) -> None:
+    operation = model_client(server).upload_model(parent=PARENT, model=serving_model())
+    name = operation.operation.name
+
+    for prefix in ("v1", "ui"):
+        response = requests.get(f"{server.url}/{prefix}/{name}", timeout=10)
+        assert response.status_code == 200
+        body = response.json()
+        assert body["name"] == name and body["done"] is True
+        assert body["response"]["@type"].endswith("UploadModelResponse")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -112,7 +112,7 @@ def in_location(name: str, project: str, location: str) -> bool:
     return name.startswith(f"projects/{project}/locations/{location}/")
 
 
-def int_param(query: dict[str, str], key: str) -> int:
+def int_param(query: Mapping[str, str], key: str) -> int:
     raw = query.get(key, "0") or "0"
     try:
         return int(raw)

@@ -20,7 +20,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from google.protobuf.message import Message
 
 from localcloud.logstore import LogStore
+from localcloud.vertex.endpoints import EndpointService
 from localcloud.vertex.jobs import JobService
+from localcloud.vertex.models import ModelService
 from localcloud.vertex.operations import OperationService
 from localcloud.vertex.runtime import JobRuntime, ModelRuntime
 from localcloud.vertex.state import State
@@ -34,6 +36,7 @@ Query = dict[str, str]
 Handler = Callable[[dict[str, str], Query, Any], Message | None]
 
 _LOCATION = r"/v1/projects/(?P<project>[^/:]+)/locations/(?P<location>[^/:]+)"
+_MODEL = r"/v1/(?P<name>projects/[^/:]+/locations/[^/:]+/models/[^/:@]+(?:@[^/:@]+)?)"
 _OPERATION = re.compile(r"/(?:v1|ui)/(?P<name>projects/[^:]+/operations/[^/:]+)")
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -75,7 +78,15 @@ class VertexServer:
         job_service = JobService(state, self._job_runtime, self._logs)
         job_service.recover()
         self._job_service = job_service
-        self._routes = _job_routes(job_service) + _operation_routes(operations)
+        models = ModelService(state, operations)
+        endpoints = EndpointService(state, operations, models, self._model_runtime)
+        endpoints.redeploy_all()
+        self._routes = [
+            *_job_routes(job_service),
+            *_model_routes(models),
+            *_endpoint_routes(endpoints),
+            *_operation_routes(operations),
+        ]
         self._httpd = ThreadingHTTPServer((self._host, self._port), _handler_class(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._serve, name="vertex-emulator", daemon=True)
@@ -137,6 +148,64 @@ def _job_routes(jobs: JobService) -> list[tuple[str, re.Pattern[str], Handler]]:
             re.compile(one),
             lambda p, q, b: jobs.delete(p["project"], p["location"], p["id"]),
         ),
+    ]
+
+
+def _model_routes(models: ModelService) -> list[tuple[str, re.Pattern[str], Handler]]:
+    base = _LOCATION + "/models"
+    return [
+        (
+            "POST",
+            re.compile(base + ":upload"),
+            lambda p, q, b: models.upload(p["project"], p["location"], b),
+        ),
+        ("GET", re.compile(base), lambda p, q, b: models.list(p["project"], p["location"], q)),
+        ("GET", re.compile(_MODEL), lambda p, q, b: models.get(p["name"])),
+        (
+            "GET",
+            re.compile(_MODEL + ":listVersions"),
+            lambda p, q, b: models.list_versions(p["name"], q),
+        ),
+        (
+            "POST",
+            re.compile(_MODEL + ":mergeVersionAliases"),
+            lambda p, q, b: models.merge_version_aliases(p["name"], b),
+        ),
+    ]
+
+
+def _endpoint_routes(endpoints: EndpointService) -> list[tuple[str, re.Pattern[str], Handler]]:
+    base = _LOCATION + "/endpoints"
+    one = base + r"/(?P<id>[^/:]+)"
+
+    def on_one(method: Callable[[str, str, str, Any], Message | None]) -> Handler:
+        return lambda p, q, b: method(p["project"], p["location"], p["id"], b)
+
+    return [
+        (
+            "POST",
+            re.compile(base),
+            lambda p, q, b: endpoints.create(p["project"], p["location"], q, b),
+        ),
+        ("GET", re.compile(base), lambda p, q, b: endpoints.list(p["project"], p["location"], q)),
+        (
+            "GET",
+            re.compile(one),
+            lambda p, q, b: endpoints.get(p["project"], p["location"], p["id"]),
+        ),
+        (
+            "PATCH",
+            re.compile(one),
+            lambda p, q, b: endpoints.update(p["project"], p["location"], p["id"], q, b),
+        ),
+        (
+            "DELETE",
+            re.compile(one),
+            lambda p, q, b: endpoints.delete(p["project"], p["location"], p["id"]),
+        ),
+        ("POST", re.compile(one + ":deployModel"), on_one(endpoints.deploy_model)),
+        ("POST", re.compile(one + ":undeployModel"), on_one(endpoints.undeploy_model)),
+        ("POST", re.compile(one + ":predict"), on_one(endpoints.predict)),
     ]
 
 

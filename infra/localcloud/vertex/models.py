@@ -1,0 +1,244 @@
+"""The model registry: models as numbered versions, with aliases that live on one
+version at a time and a `default` alias that follows the newest upload, as on Vertex."""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+from google.cloud import aiplatform_v1
+from google.longrunning import operations_pb2
+
+from localcloud.vertex import listing
+from localcloud.vertex.jobs import validate_labels
+from localcloud.vertex.operations import OperationService
+from localcloud.vertex.state import ModelPb, State
+from localcloud.vertex.wire import ApiError, invalid, new_id, not_found, now, parse
+
+DEFAULT_ALIAS = "default"
+_ALIAS = re.compile(r"[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]")
+_MODEL_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+# projects/P/locations/L/models/ID, optionally @VERSION or @ALIAS.
+_MODEL_NAME = re.compile(
+    r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/models/(?P<id>[^/@]+)"
+    r"(?:@(?P<version>[^/@]+))?"
+)
+
+
+class ModelService:
+    def __init__(self, state: State, operations: OperationService) -> None:
+        self._state = state
+        self._operations = operations
+
+    # -- API -------------------------------------------------------------------------
+
+    def upload(self, project: str, location: str, body: Any) -> operations_pb2.Operation:
+        request = parse(body, aiplatform_v1.UploadModelRequest.pb()(), "UploadModelRequest")
+        model = request.model
+        _validate_model(model)
+        aliases = list(model.version_aliases)
+        with self._state.lock:
+            model_id = self._model_id_for(project, location, request)
+            versions = self._state.models.setdefault(model_id, {})
+            version_id = str(max((int(v) for v in versions), default=0) + 1)
+            stamp = now()
+            for output_only in ("deployed_models", "version_aliases", "etag"):
+                model.ClearField(output_only)
+            model.name = f"projects/{project}/locations/{location}/models/{model_id}"
+            model.version_id = version_id
+            model.version_create_time.CopyFrom(stamp)
+            model.version_update_time.CopyFrom(stamp)
+            first = versions.get("1")
+            model.create_time.CopyFrom(first.create_time if first is not None else stamp)
+            model.update_time.CopyFrom(stamp)
+            versions[version_id] = model
+            # The newest upload becomes the default version; its own aliases move to it.
+            _move_aliases(versions, version_id, [DEFAULT_ALIAS, *aliases])
+            self._state.save()
+        response = aiplatform_v1.UploadModelResponse.pb()(
+            model=model.name, model_version_id=version_id
+        )
+        return self._operations.finish(
+            model.name, aiplatform_v1.UploadModelOperationMetadata.pb()(), response
+        )
+
+    def get(self, name: str) -> Any:
+        with self._state.lock:
+            return _copy(self.resolve(name))
+
+    def list(self, project: str, location: str, query: dict[str, str]) -> Any:
+        clauses = listing.parse_filter(query.get("filter", ""), ("labels", "display_name"))
+        with self._state.lock:
+            defaults = [
+                _copy(_default_version(versions))
+                for versions in self._state.models.values()
+                if versions
+            ]
+        found = [
+            model
+            for model in defaults
+            if listing.in_location(model.name, project, location)
+            and listing.matches(clauses, functools.partial(_model_field, model))
+        ]
+        found.sort(key=lambda m: (m.create_time.seconds, m.create_time.nanos), reverse=True)
+        items, token = listing.page(
+            found, listing.int_param(query, "pageSize"), query.get("pageToken", "")
+        )
+        response = aiplatform_v1.ListModelsResponse.pb()(next_page_token=token)
+        response.models.extend(items)
+        return response
+
+    def list_versions(self, name: str, query: dict[str, str]) -> Any:
+        clauses = listing.parse_filter(query.get("filter", ""), ("labels", "display_name"))
+        with self._state.lock:
+            versions = self._versions_of(name)
+            found = [
+                _copy(model)
+                for _, model in sorted(versions.items(), key=lambda item: int(item[0]))
+                if listing.matches(clauses, functools.partial(_model_field, model))
+            ]
+        items, token = listing.page(
+            found, listing.int_param(query, "pageSize"), query.get("pageToken", "")
+        )
+        response = aiplatform_v1.ListModelVersionsResponse.pb()(next_page_token=token)
+        response.models.extend(items)
+        return response
+
+    def merge_version_aliases(self, name: str, body: Any) -> Any:
+        request = parse(
+            body, aiplatform_v1.MergeVersionAliasesRequest.pb()(), "MergeVersionAliasesRequest"
+        )
+        adds = [alias for alias in request.version_aliases if not alias.startswith("-")]
+        removes = [alias[1:] for alias in request.version_aliases if alias.startswith("-")]
+        for alias in (*adds, *removes):
+            _validate_alias(alias)
+        if DEFAULT_ALIAS in removes:
+            raise invalid("the default alias cannot be removed: add it to another version")
+        if set(adds) & set(removes):
+            raise invalid(
+                f"version_aliases both adds and removes {sorted(set(adds) & set(removes))}"
+            )
+        with self._state.lock:
+            model = self.resolve(name)
+            versions = self._state.models[model.name.rsplit("/", 1)[1]]
+            kept = [alias for alias in model.version_aliases if alias not in removes]
+            del model.version_aliases[:]
+            model.version_aliases.extend(kept)
+            _move_aliases(versions, model.version_id, adds)
+            model.version_update_time.CopyFrom(now())
+            model.update_time.CopyFrom(model.version_update_time)
+            self._state.save()
+            return _copy(model)
+
+    # -- shared with endpoints ----------------------------------------------------------
+
+    def resolve(self, name: str) -> Any:
+        """The stored version a model name means: `models/ID` is the default version,
+        `models/ID@N` version N, `models/ID@ALIAS` the version holding the alias."""
+        match = _MODEL_NAME.fullmatch(name)
+        if match is None:
+            raise invalid(
+                f"Invalid model name {name!r}: expected "
+                "projects/PROJECT/locations/LOCATION/models/ID[@VERSION|@ALIAS]"
+            )
+        versions = self._versions_of(name)
+        wanted = match["version"]
+        if wanted is None:
+            return _default_version(versions)
+        if wanted in versions:
+            return versions[wanted]
+        for model in versions.values():
+            if wanted in model.version_aliases:
+                return model
+        raise not_found(f"Model {name} not found: no version or alias {wanted!r}")
+
+    def _versions_of(self, name: str) -> dict[str, Any]:
+        match = _MODEL_NAME.fullmatch(name)
+        if match is None:
+            raise invalid(f"Invalid model name {name!r}")
+        versions = self._state.models.get(match["id"])
+        if not versions or not listing.in_location(
+            next(iter(versions.values())).name, match["project"], match["location"]
+        ):
+            base = name.split("@", 1)[0]
+            raise not_found(f"Model {base} not found")
+        return versions
+
+    def _model_id_for(self, project: str, location: str, request: Any) -> str:
+        if request.parent_model:
+            parent = _MODEL_NAME.fullmatch(request.parent_model)
+            if parent is None or parent["version"] is not None:
+                raise invalid(
+                    f"UploadModelRequest.parent_model {request.parent_model!r} must be "
+                    "projects/PROJECT/locations/LOCATION/models/ID"
+                )
+            if (parent["project"], parent["location"]) != (project, location):
+                raise invalid(
+                    f"UploadModelRequest.parent_model {request.parent_model!r} is not in "
+                    f"projects/{project}/locations/{location}"
+                )
+            self._versions_of(request.parent_model)
+            return str(parent["id"])
+        if request.model_id:
+            if not _MODEL_ID.fullmatch(request.model_id):
+                raise invalid(
+                    f"UploadModelRequest.model_id {request.model_id!r} must be 1-128 lowercase "
+                    "letters, digits or dashes, not starting with a dash"
+                )
+            if request.model_id in self._state.models:
+                raise ApiError(
+                    "ALREADY_EXISTS",
+                    f"Model {request.model_id} already exists: pass it as parent_model to "
+                    "upload a new version",
+                )
+            return str(request.model_id)
+        return new_id(self._state.models)
+
+
+def _validate_model(model: Any) -> None:
+    if not model.display_name:
+        raise invalid("UploadModelRequest.model.display_name is required")
+    if not model.container_spec.image_uri:
+        raise invalid("UploadModelRequest.model.container_spec.image_uri is required")
+    validate_labels(model.labels, "Model")
+    for alias in model.version_aliases:
+        _validate_alias(alias)
+
+
+def _validate_alias(alias: str) -> None:
+    if not _ALIAS.fullmatch(alias):
+        raise invalid(
+            f"Invalid version alias {alias!r}: use [a-z][a-zA-Z0-9-]{{0,126}}[a-z0-9] "
+            "(prefix with - only to remove an alias)"
+        )
+
+
+def _move_aliases(versions: dict[str, Any], version_id: str, aliases: Any) -> None:
+    """Give `aliases` to `version_id`, taking each from whichever version held it."""
+    target = versions[version_id]
+    for alias in aliases:
+        for other_id, other in versions.items():
+            if other_id != version_id and alias in other.version_aliases:
+                remaining = [a for a in other.version_aliases if a != alias]
+                del other.version_aliases[:]
+                other.version_aliases.extend(remaining)
+        if alias not in target.version_aliases:
+            target.version_aliases.append(alias)
+
+
+def _default_version(versions: dict[str, Any]) -> Any:
+    for model in versions.values():
+        if DEFAULT_ALIAS in model.version_aliases:
+            return model
+    return versions[max(versions, key=int)]
+
+
+def _model_field(model: Any, name: str) -> Any:
+    return model.labels if name == "labels" else model.display_name
+
+
+def _copy(model: Any) -> Any:
+    clone = ModelPb()
+    clone.CopyFrom(model)
+    return clone
