@@ -309,6 +309,33 @@ def test_cancel_waits_for_the_runtime_then_refuses_a_second_cancel(
         client.cancel_custom_job(name=job.name)
 
 
+def test_delete_removes_only_a_finished_job(
+    server: VertexServer, job_runtime: FakeJobRuntime
+) -> None:
+    client = job_client(server)
+    job = client.create_custom_job(parent=PARENT, custom_job=custom_job())
+
+    with pytest.raises(exceptions.BadRequest, match="cancel it before deleting"):
+        client.delete_custom_job(name=job.name)
+    job_runtime.callbacks[job_id_of(job)](update(S.JOB_STATE_SUCCEEDED))
+    client.delete_custom_job(name=job.name).result(timeout=10)
+
+    with pytest.raises(exceptions.NotFound):
+        client.get_custom_job(name=job.name)
+
+
+def test_enums_are_names_unless_the_client_asks_for_integers(server: VertexServer) -> None:
+    job = job_client(server).create_custom_job(parent=PARENT, custom_job=custom_job())
+    url = f"{server.url}/v1/{job.name}"
+
+    by_name = requests.get(url, timeout=10).json()
+    by_number = requests.get(url, params={"$alt": "json;enum-encoding=int"}, timeout=10).json()
+
+    assert by_name["state"] == "JOB_STATE_PENDING"
+    assert by_number["state"] == S.JOB_STATE_PENDING
+    assert by_name["createTime"].endswith("Z")
+
+
 def test_cancel_without_a_runtime_cancels_at_once(tmp_path: Path) -> None:
     with VertexServer(tmp_path / "vertex").start() as server:
         client = job_client(server)

@@ -9,9 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 from google.cloud import aiplatform_v1
+from google.longrunning import operations_pb2
+from google.protobuf import empty_pb2
 
 from localcloud.logstore import LogEntry, LogStore, job_log_entry
 from localcloud.vertex import listing
+from localcloud.vertex.operations import OperationService
 from localcloud.vertex.runtime import JobRuntime, JobUpdate
 from localcloud.vertex.state import CustomJobPb, State
 from localcloud.vertex.wire import invalid, new_id, not_found, now, parse, precondition
@@ -77,8 +80,15 @@ def validate_custom_job(job: Any) -> None:
 
 
 class JobService:
-    def __init__(self, state: State, runtime: JobRuntime | None, logs: LogStore | None) -> None:
+    def __init__(
+        self,
+        state: State,
+        operations: OperationService,
+        runtime: JobRuntime | None,
+        logs: LogStore | None,
+    ) -> None:
         self._state = state
+        self._operations = operations
         self._runtime = runtime
         self._logs = logs
         self._accepting_updates = True
@@ -149,7 +159,7 @@ class JobService:
             return
         self._apply(project, job_id, JobUpdate(state=S(S.JOB_STATE_CANCELLED)))
 
-    def delete(self, project: str, location: str, job_id: str) -> None:
+    def delete(self, project: str, location: str, job_id: str) -> operations_pb2.Operation:
         with self._state.lock:
             job = self._find(project, location, job_id)
             if job.state not in TERMINAL:
@@ -158,6 +168,9 @@ class JobService:
                 )
             del self._state.jobs[job_id]
             self._state.save()
+        return self._operations.finish(
+            job.name, aiplatform_v1.DeleteOperationMetadata.pb()(), empty_pb2.Empty()
+        )
 
     # -- runtime side ----------------------------------------------------------------
 

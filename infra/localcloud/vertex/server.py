@@ -75,7 +75,7 @@ class VertexServer:
     def start(self) -> VertexServer:
         state = State.load(self._state_dir)
         operations = OperationService(state)
-        job_service = JobService(state, self._job_runtime, self._logs)
+        job_service = JobService(state, operations, self._job_runtime, self._logs)
         job_service.recover()
         self._job_service = job_service
         models = ModelService(state, operations)
