@@ -307,6 +307,8 @@ def test_cancel_waits_for_the_runtime_then_refuses_a_second_cancel(
     assert service_lines(logs, job_id)[-1] == ("INFO", "Job was cancelled.", "CANCELLED")
     with pytest.raises(exceptions.BadRequest, match="already JOB_STATE_CANCELLED"):
         client.cancel_custom_job(name=job.name)
+    raw = requests.post(f"{server.url}/v1/{job.name}:cancel", json={}, timeout=10)
+    assert (raw.status_code, raw.json()["error"]["status"]) == (400, "FAILED_PRECONDITION")
 
 
 def test_delete_removes_only_a_finished_job(

@@ -99,11 +99,12 @@ class VertexServer:
         self._httpd.serve_forever(poll_interval=0.05)
 
     def stop(self) -> None:
+        if self._httpd is None:
+            return  # never started, or already stopped
         if self._job_service is not None:
             self._job_service.stop_accepting_updates()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        self._httpd.shutdown()
+        self._httpd.server_close()
         if self._thread is not None:
             self._thread.join()
         for runtime in (self._job_runtime, self._model_runtime):

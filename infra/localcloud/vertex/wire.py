@@ -78,11 +78,6 @@ def to_json(message: Message, ints: bool) -> dict[str, Any]:
     return data
 
 
-def from_stored(data: dict[str, Any], message: M) -> M:
-    json_format.ParseDict(data, message)
-    return message
-
-
 def now() -> Timestamp:
     stamp = Timestamp()
     stamp.GetCurrentTime()
