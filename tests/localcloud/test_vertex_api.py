@@ -628,6 +628,31 @@ def test_models_survive_a_restart(tmp_path: Path) -> None:
         assert client.get_model(name=first.model).version_id == "2"
 
 
+def test_delete_version_and_model_refuse_what_is_in_use(server: VertexServer) -> None:
+    first = upload(server, serving_model())
+    upload(server, serving_model(), first.model)
+    endpoint = create_endpoint(server)
+    deploy(server, endpoint.name, f"{first.model}@1", {"0": 100})
+    client = model_client(server)
+
+    with pytest.raises(exceptions.BadRequest, match="default version"):
+        client.delete_model_version(name=f"{first.model}@2")
+    with pytest.raises(exceptions.BadRequest, match="undeploy it first"):
+        client.delete_model_version(name=f"{first.model}@1")
+    with pytest.raises(exceptions.BadRequest, match="undeploy it first"):
+        client.delete_model(name=first.model)
+
+    deployed_id = endpoint_client(server).get_endpoint(name=endpoint.name).deployed_models[0].id
+    endpoint_client(server).undeploy_model(
+        endpoint=endpoint.name, deployed_model_id=deployed_id
+    ).result(timeout=10)
+    client.delete_model_version(name=f"{first.model}@1").result(timeout=10)
+    assert [v.version_id for v in client.list_model_versions(name=first.model)] == ["2"]
+    client.delete_model(name=first.model).result(timeout=10)
+    with pytest.raises(exceptions.NotFound):
+        client.get_model(name=first.model)
+
+
 # -- endpoints and predictions -------------------------------------------------------
 
 

@@ -9,12 +9,21 @@ from typing import Any
 
 from google.cloud import aiplatform_v1
 from google.longrunning import operations_pb2
+from google.protobuf import empty_pb2
 
 from localcloud.vertex import listing
 from localcloud.vertex.jobs import validate_labels
 from localcloud.vertex.operations import OperationService
 from localcloud.vertex.state import ModelPb, State
-from localcloud.vertex.wire import ApiError, invalid, new_id, not_found, now, parse
+from localcloud.vertex.wire import (
+    ApiError,
+    invalid,
+    new_id,
+    not_found,
+    now,
+    parse,
+    precondition,
+)
 
 DEFAULT_ALIAS = "default"
 _ALIAS = re.compile(r"[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]")
@@ -130,6 +139,47 @@ class ModelService:
             model.update_time.CopyFrom(model.version_update_time)
             self._state.save()
             return _copy(model)
+
+    def delete_version(self, name: str) -> operations_pb2.Operation:
+        with self._state.lock:
+            model = self.resolve(name)
+            if "@" not in name:
+                raise invalid(f"DeleteModelVersion needs a version: {name}@VERSION")
+            if DEFAULT_ALIAS in model.version_aliases:
+                raise precondition(
+                    f"Version {model.version_id} of {model.name} is the default version: "
+                    "move the default alias to another version, or delete the model"
+                )
+            self._refuse_if_deployed(model.name, {model.version_id})
+            del self._state.models[model.name.rsplit("/", 1)[1]][model.version_id]
+            self._state.save()
+        return self._operations.finish(
+            f"{model.name}@{model.version_id}",
+            aiplatform_v1.DeleteOperationMetadata.pb()(),
+            empty_pb2.Empty(),
+        )
+
+    def delete(self, name: str) -> operations_pb2.Operation:
+        if "@" in name:
+            raise invalid(f"DeleteModel takes a model without a version; use deleteVersion: {name}")
+        with self._state.lock:
+            versions = self._versions_of(name)
+            base = next(iter(versions.values())).name
+            self._refuse_if_deployed(base, set(versions))
+            del self._state.models[base.rsplit("/", 1)[1]]
+            self._state.save()
+        return self._operations.finish(
+            base, aiplatform_v1.DeleteOperationMetadata.pb()(), empty_pb2.Empty()
+        )
+
+    def _refuse_if_deployed(self, model_name: str, version_ids: set[str]) -> None:
+        for endpoint in self._state.endpoints.values():
+            for deployed in endpoint.deployed_models:
+                if deployed.model == model_name and deployed.model_version_id in version_ids:
+                    raise precondition(
+                        f"{model_name}@{deployed.model_version_id} is deployed to "
+                        f"{endpoint.name} as {deployed.id}: undeploy it first"
+                    )
 
     # -- shared with endpoints ----------------------------------------------------------
 

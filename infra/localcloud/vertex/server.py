@@ -167,6 +167,12 @@ def _model_routes(models: ModelService) -> list[tuple[str, re.Pattern[str], Hand
             re.compile(_MODEL + ":listVersions"),
             lambda p, q, b: models.list_versions(p["name"], q),
         ),
+        ("DELETE", re.compile(_MODEL), lambda p, q, b: models.delete(p["name"])),
+        (
+            "DELETE",
+            re.compile(_MODEL + ":deleteVersion"),
+            lambda p, q, b: models.delete_version(p["name"]),
+        ),
         (
             "POST",
             re.compile(_MODEL + ":mergeVersionAliases"),
