@@ -107,7 +107,10 @@ class Broker:
         self._topics: dict[str, Pb] = {}
         self._subs: dict[str, _Sub] = {}
         self._seq = itertools.count()
-        self._next_id = int(store.get_meta("next_message_id", "1"))
+        # A fresh state starts ids at the clock (in microseconds), so ids stay unique across
+        # state dirs that are wiped: subscribers use them as idempotency keys.
+        first_id = str(time.time_ns() // 1000)
+        self._next_id = int(store.get_meta("next_message_id", first_id))
         self._load()
 
     def _load(self) -> None:
