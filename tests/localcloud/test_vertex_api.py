@@ -63,10 +63,13 @@ class FakeJobRuntime:
         self.callbacks: dict[str, Callable[[JobUpdate], None]] = {}
         self.cancelled: list[str] = []
         self.closed = False
+        self.refuse_with: str | None = None
 
     def submit(
         self, job_id: str, job: aiplatform_v1.CustomJob, on_update: Callable[[JobUpdate], None]
     ) -> None:
+        if self.refuse_with is not None:
+            raise LocalCloudError(self.refuse_with)
         self.submitted[job_id] = job
         self.callbacks[job_id] = on_update
 
@@ -388,6 +391,18 @@ def test_a_failed_job_carries_the_error_and_logs_it_before_job_failed(
         ("ERROR", "Job failed with error: error: CUDA out of memory", "FAILED"),
         ("INFO", "Job failed.", "FAILED"),
     ]
+
+
+def test_a_runtime_that_cannot_take_the_job_fails_it(
+    server: VertexServer, job_runtime: FakeJobRuntime, logs: LogStore
+) -> None:
+    job_runtime.refuse_with = "the job runtime is closed"
+
+    job = job_client(server).create_custom_job(parent=PARENT, custom_job=custom_job())
+
+    assert job.state == S.JOB_STATE_FAILED
+    assert job.error.message == "the job runtime is closed"
+    assert service_lines(logs, job_id_of(job))[-1] == ("INFO", "Job failed.", "FAILED")
 
 
 def test_unknown_field_is_refused_naming_it(server: VertexServer) -> None:

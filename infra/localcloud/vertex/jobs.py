@@ -12,6 +12,7 @@ from google.cloud import aiplatform_v1
 from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2
 
+from localcloud.errors import LocalCloudError
 from localcloud.logstore import LogEntry, LogStore, job_log_entry
 from localcloud.vertex import listing
 from localcloud.vertex.operations import OperationService
@@ -113,11 +114,14 @@ class JobService:
             snapshot = _copy(job)
         self._log_transition(project, job_id, S.JOB_STATE_PENDING, None)
         if self._runtime is not None:
-            self._runtime.submit(
-                job_id,
-                aiplatform_v1.CustomJob.deserialize(snapshot.SerializeToString()),
-                self._updater(project, job_id),
-            )
+            try:
+                self._runtime.submit(
+                    job_id,
+                    aiplatform_v1.CustomJob.deserialize(snapshot.SerializeToString()),
+                    self._updater(project, job_id),
+                )
+            except LocalCloudError as err:  # the runtime itself is unusable (e.g. closed)
+                self._apply(project, job_id, JobUpdate(S(S.JOB_STATE_FAILED), str(err)))
         return self.get(project, location, job_id)
 
     def get(self, project: str, location: str, job_id: str) -> Any:
