@@ -167,7 +167,9 @@ class FakeTraining:
     def find(self, labels: Mapping[str, str]) -> list[JobInfo]:
         with self._lock:
             return [
-                j for j in self.jobs.values() if all(j.labels.get(k) == v for k, v in labels.items())
+                j
+                for j in self.jobs.values()
+                if all(j.labels.get(k) == v for k, v in labels.items())
             ]
 
     def cancel(self, name: str) -> None:

@@ -14,7 +14,9 @@ EVENTS = Path(__file__).parent / "events"
 def load(name: str) -> tuple[dict[str, str], dict[str, Any]]:
     """(CloudEvent attributes, data) of a captured payload."""
     raw = json.loads((EVENTS / name).read_text())
-    attributes = {k.removeprefix("ce-"): v for k, v in raw["headers"].items() if k.startswith("ce-")}
+    attributes = {
+        k.removeprefix("ce-"): v for k, v in raw["headers"].items() if k.startswith("ce-")
+    }
     return attributes, copy.deepcopy(raw["body"])
 
 
@@ -24,7 +26,9 @@ def http(name: str) -> tuple[dict[str, str], dict[str, Any]]:
     return dict(raw["headers"]), copy.deepcopy(raw["body"])
 
 
-def pubsub_body(payload: Any, message_id: str, attributes: dict[str, str] | None = None) -> dict[str, Any]:
+def pubsub_body(
+    payload: Any, message_id: str, attributes: dict[str, str] | None = None
+) -> dict[str, Any]:
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     return {
         "subscription": "projects/acme-ml/subscriptions/test",

@@ -16,6 +16,7 @@ allows about one write per second to a single object name):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -56,8 +57,14 @@ class Ledger:
         ]
 
     def drop_pending(self, pipeline: str, object_keys: Iterable[str]) -> None:
-        for key in object_keys:
-            self.store.delete(f"pending/{pipeline}/{key}")
+        keys = [f"pending/{pipeline}/{key}" for key in object_keys]
+        if len(keys) <= 1:
+            for key in keys:
+                self.store.delete(key)
+            return
+        # A quiet batch can hold thousands of objects: delete them concurrently.
+        with ThreadPoolExecutor(max_workers=min(16, len(keys))) as pool:
+            list(pool.map(self.store.delete, keys))
 
     # runs ------------------------------------------------------------------------------
     def claim_run(self, run: RunPlan, now: datetime) -> Stored | None:

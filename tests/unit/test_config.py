@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
 from retrain.config import parse_config
 from retrain.errors import ConfigError
+
 from tests.fakes import SAMPLE_CONFIG
 
 
@@ -27,15 +27,47 @@ def test_sample_config_parses_with_defaults_applied():
     [
         ('trigger = "marker"', 'trigger = "sometimes"', "pipelines.churn.trigger: must be one of"),
         ('strategy = "spot"', 'strategy = "cheap"', "pipelines.churn.training.strategy"),
-        ('machine_type = "g2-standard-8"', 'machine_type = "a3-highgpu-8g"', "not in guards.allowed_machine_types"),
-        ("accelerator_count = 1\nreplica_count", "accelerator_count = 8\nreplica_count", "exceeds guards.max_accelerator_count"),
+        (
+            'machine_type = "g2-standard-8"',
+            'machine_type = "a3-highgpu-8g"',
+            "not in guards.allowed_machine_types",
+        ),
+        (
+            "accelerator_count = 1\nreplica_count",
+            "accelerator_count = 8\nreplica_count",
+            "exceeds guards.max_accelerator_count",
+        ),
         ("replica_count = 2", "replica_count = 9", "exceeds guards.max_replica_count"),
-        ('prefix = "churn/"', 'prefix = "churn/"\nprefx = "x"', "pipelines.churn.prefx: unknown key"),
-        ('state_uri = "gs://acme-state/state"', 'state_uri = "/tmp/state"', "defaults.state_uri: must be a gs:// URI"),
-        ("timeout_seconds = 14400", 'timeout_seconds = "4h"', "pipelines.churn.training.timeout_seconds: must be an integer"),
-        ('bucket = "acme-landing"\nprefix = "churn/"', 'bucket = "other"\nprefix = "churn/"', "not in guards.allowed_buckets"),
-        ('image_uri = "us-docker.pkg.dev/acme-ml/retrain/trainer:latest"\nargs', "args", "pipelines.churn.training.image_uri: is required"),
-        ("[pipelines.churn.training.hyperparameters]\nlr = 0.001", "[pipelines.churn.training.hyperparameters]\nlr = [1]", "hyperparameters.lr"),
+        (
+            'prefix = "churn/"',
+            'prefix = "churn/"\nprefx = "x"',
+            "pipelines.churn.prefx: unknown key",
+        ),
+        (
+            'state_uri = "gs://acme-state/state"',
+            'state_uri = "/tmp/state"',
+            "defaults.state_uri: must be a gs:// URI",
+        ),
+        (
+            "timeout_seconds = 14400",
+            'timeout_seconds = "4h"',
+            "pipelines.churn.training.timeout_seconds: must be an integer",
+        ),
+        (
+            'bucket = "acme-landing"\nprefix = "churn/"',
+            'bucket = "other"\nprefix = "churn/"',
+            "not in guards.allowed_buckets",
+        ),
+        (
+            'image_uri = "us-docker.pkg.dev/acme-ml/retrain/trainer:latest"\nargs',
+            "args",
+            "pipelines.churn.training.image_uri: is required",
+        ),
+        (
+            "[pipelines.churn.training.hyperparameters]\nlr = 0.001",
+            "[pipelines.churn.training.hyperparameters]\nlr = [1]",
+            "hyperparameters.lr",
+        ),
     ],
 )
 def test_invalid_config_names_file_and_key(old, new, message):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 
 import pytest
-
 from retrain.errors import InvalidEvent
 from retrain.events import (
     JobEnded,
@@ -15,6 +14,7 @@ from retrain.events import (
     Unhandled,
     parse,
 )
+
 from tests.payloads import load, pubsub_body
 
 PUBSUB = {"type": "google.cloud.pubsub.topic.v1.messagePublished", "id": "m-1"}
@@ -33,7 +33,11 @@ def test_storage_finalize_becomes_object_with_int64s_parsed():
 def test_gcs_notification_becomes_object():
     event = parse(*load("pubsub-gcs-notification.http.json"))
     assert isinstance(event, ObjectFinalized)
-    assert (event.bucket, event.name, event.size) == ("acme-landing", "churn/2026-11-26/_SUCCESS", 0)
+    assert (event.bucket, event.name, event.size) == (
+        "acme-landing",
+        "churn/2026-11-26/_SUCCESS",
+        0,
+    )
     assert event.generation == 1795712801559044
     assert event.event_id == "4400123456789012"
 
@@ -75,7 +79,9 @@ def test_open_incident_becomes_job_ended_and_closed_is_unhandled():
 
 
 def test_incident_job_id_from_documentation():
-    incident = {"incident": {"state": "open", "documentation": {"content": "Job 1234567890 failed."}}}
+    incident = {
+        "incident": {"state": "open", "documentation": {"content": "Job 1234567890 failed."}}
+    }
     event = parse(PUBSUB, pubsub_body(incident, "m-3"))
     assert isinstance(event, JobEnded) and event.job_id == "1234567890"
 
@@ -86,20 +92,32 @@ def test_incident_job_id_from_documentation():
         ({"id": "1"}, {}, "no 'type'"),
         ({"type": "google.cloud.storage.object.v1.finalized"}, {}, "no 'id'"),
         ({"type": "com.example.other", "id": "1"}, {}, "unsupported CloudEvent type"),
-        ({"type": "google.cloud.storage.object.v1.finalized", "id": "1"}, {"bucket": "b"}, "no object 'name'"),
+        (
+            {"type": "google.cloud.storage.object.v1.finalized", "id": "1"},
+            {"bucket": "b"},
+            "no object 'name'",
+        ),
         (
             {"type": "google.cloud.storage.object.v1.finalized", "id": "1"},
             {"bucket": "b", "name": "n", "generation": "x"},
             "'generation' is not an integer",
         ),
-        ({"type": "google.cloud.storage.object.v1.finalized", "id": "1"}, b"{not json", "is not JSON"),
+        (
+            {"type": "google.cloud.storage.object.v1.finalized", "id": "1"},
+            b"{not json",
+            "is not JSON",
+        ),
         (PUBSUB, {"subscription": "s"}, "no 'message'"),
         (PUBSUB, {"message": {"data": "%%%not-base64", "messageId": "1"}}, "not valid base64"),
         (PUBSUB, {"message": {"data": base64.b64encode(b"nope").decode()}}, "is not JSON"),
         (PUBSUB, pubsub_body([1, 2], "m"), "not a JSON object"),
         (PUBSUB, pubsub_body({"data_uri": "gs://b/x"}, "m"), "no 'pipeline'"),
         (PUBSUB, pubsub_body({"pipeline": "churn", "epochs": 3}, "m"), "unknown field(s): epochs"),
-        (PUBSUB, pubsub_body({"pipeline": "churn", "hyperparameters": [1]}, "m"), "must be an object"),
+        (
+            PUBSUB,
+            pubsub_body({"pipeline": "churn", "hyperparameters": [1]}, "m"),
+            "must be an object",
+        ),
         (
             PUBSUB,
             pubsub_body({"logName": "x", "resource": {"type": "gce_instance"}}, "m"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from retrain.config import parse_config
 from retrain.events import ObjectFinalized, RetrainRequested
 from retrain.jobspec import build_job
@@ -22,13 +21,16 @@ from retrain.planner import (
     plan_quiet_flush,
     plan_request,
 )
+
 from tests.fakes import SAMPLE_CONFIG
 
 CONFIG = parse_config(SAMPLE_CONFIG, "pipelines.toml")
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
-def obj(name: str, size: int = 100, bucket: str = "acme-landing", generation: int = 7) -> ObjectFinalized:
+def obj(
+    name: str, size: int = 100, bucket: str = "acme-landing", generation: int = 7
+) -> ObjectFinalized:
     return ObjectFinalized("e-1", bucket, name, generation, size)
 
 
@@ -99,9 +101,18 @@ def test_request_overrides_and_defaults():
         (RetrainRequested("m", "nope"), "unknown pipeline 'nope'"),
         (RetrainRequested("m", "churn", "gs://evil/x"), "bucket 'evil' is not allowed"),
         (RetrainRequested("m", "churn", "/local/path"), "must be a gs:// URI"),
-        (RetrainRequested("m", "churn", None, {"epochs": 3}), "hyperparameters.epochs cannot be overridden"),
-        (RetrainRequested("m", "churn", None, {"batch_size": "big"}), "hyperparameters.batch_size must be int"),
-        (RetrainRequested("m", "churn", None, {"batch_size": True}), "hyperparameters.batch_size must be int"),
+        (
+            RetrainRequested("m", "churn", None, {"epochs": 3}),
+            "hyperparameters.epochs cannot be overridden",
+        ),
+        (
+            RetrainRequested("m", "churn", None, {"batch_size": "big"}),
+            "hyperparameters.batch_size must be int",
+        ),
+        (
+            RetrainRequested("m", "churn", None, {"batch_size": True}),
+            "hyperparameters.batch_size must be int",
+        ),
     ],
 )
 def test_requests_outside_the_guards_are_rejected(request_, reason):
@@ -114,14 +125,20 @@ def test_admission_cap_and_cooldown():
     assert admit(churn, CONFIG, active_jobs=1, last_submit_at=None, now=NOW) == Admit()
     capped = admit(churn, CONFIG, active_jobs=2, last_submit_at=None, now=NOW)
     assert isinstance(capped, Wait) and "max_concurrent_jobs" in capped.reason
-    cooling = admit(clicks, CONFIG, active_jobs=0, last_submit_at=NOW - timedelta(seconds=60), now=NOW)
+    cooling = admit(
+        clicks, CONFIG, active_jobs=0, last_submit_at=NOW - timedelta(seconds=60), now=NOW
+    )
     assert isinstance(cooling, Wait) and "cooldown" in cooling.reason
-    later = admit(clicks, CONFIG, active_jobs=0, last_submit_at=NOW - timedelta(seconds=601), now=NOW)
+    later = admit(
+        clicks, CONFIG, active_jobs=0, last_submit_at=NOW - timedelta(seconds=601), now=NOW
+    )
     assert later == Admit()
 
 
 def test_job_spec_follows_the_contract():
-    decision = plan_request(RetrainRequested("m-1", "churn", "gs://acme-landing/churn/d/", {"lr": 0.01}), CONFIG)
+    decision = plan_request(
+        RetrainRequested("m-1", "churn", "gs://acme-landing/churn/d/", {"lr": 0.01}), CONFIG
+    )
     assert isinstance(decision, Submit)
     spec = build_job(CONFIG.pipelines["churn"], decision.run, CONFIG.defaults.output_uri)
     run_id = decision.run.run_id

@@ -1,0 +1,106 @@
+"""The product's Cloud Functions, served by functions-framework exactly as in production
+(the real `functions/main.py` entry points), one process per function."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localcloud.errors import LocalCloudError
+from localcloud.procs import free_port, port_is_open, stop_process, wait_until
+
+FUNCTIONS_SOURCE = Path(__file__).resolve().parents[2] / "functions" / "main.py"
+
+
+@dataclass
+class FunctionServer:
+    target: str
+    env: Mapping[str, str]
+    log_path: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    source: Path = FUNCTIONS_SOURCE
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def start(self) -> FunctionServer:
+        if not self.port:
+            self.port = free_port(self.host)
+        elif port_is_open(self.host, self.port):
+            raise LocalCloudError(
+                f"port {self.port} for function {self.target} is taken; free it or pick another"
+            )
+        if not self.source.exists():
+            raise LocalCloudError(f"function source {self.source} not found")
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        # functions/ is the deployed source root: `retrain` imports from there, as in the cloud.
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(self.source.parent), env.get("PYTHONPATH", "")) if p
+        )
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "functions_framework",
+                "--target",
+                self.target,
+                "--source",
+                str(self.source),
+                "--signature-type",
+                "cloudevent",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+            ],  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own process group: the server and its workers
+        )
+        log.close()
+        wait_until(self._ready, what=f"function {self.target}", process=self._process, timeout=60)
+        return self
+
+    def _ready(self) -> bool:
+        # Any HTTP answer means the server is up (a GET is not a CloudEvent: 4xx/405).
+        try:
+            urllib.request.urlopen(self.url, timeout=1)
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    def kill(self) -> None:
+        """Crash the function process (SIGKILL): no cleanup, like a lost instance."""
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+            self._process = None
+
+    def stop(self) -> None:
+        if self._process is not None:
+            stop_process(self._process)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)  # any worker left behind
+            self._process = None
+
+    def __enter__(self) -> FunctionServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

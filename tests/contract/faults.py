@@ -1,0 +1,128 @@
+"""A real HTTP proxy that injects failures into the traffic it forwards.
+
+Put it between a function and an emulator (STORAGE_EMULATOR_HOST, VERTEX_API_ENDPOINT)
+to make chosen requests answer 503/429 or fail after the upstream did the work — the
+crash between two steps that idempotency must survive."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from localcloud.procs import free_port
+
+Match = Callable[[str, str, bytes], bool]  # (method, path with query, body) -> bool
+
+
+@dataclass
+class Rule:
+    match: Match
+    status: int
+    times: int = 1
+    after_upstream: bool = False  # forward first (the work happens), then fail the reply
+    hold: threading.Event | None = None  # block the matched request until this is set
+    hits: int = 0
+
+
+@dataclass
+class FaultProxy:
+    upstream: str  # http://host:port
+    rules: list[Rule] = field(default_factory=list)
+    port: int = 0
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail(
+        self,
+        match: Match,
+        status: int,
+        times: int = 1,
+        after_upstream: bool = False,
+        hold: threading.Event | None = None,
+    ) -> Rule:
+        rule = Rule(match, status, times, after_upstream, hold)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def _take(self, method: str, path: str, body: bytes) -> Rule | None:
+        with self._lock:
+            for rule in self.rules:
+                if rule.hits < rule.times and rule.match(method, path, body):
+                    rule.hits += 1
+                    return rule
+        return None
+
+    def start(self) -> FaultProxy:
+        self.port = self.port or free_port()
+        proxy = self
+        target = urlsplit(self.upstream)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                rule = proxy._take(self.command, self.path, body)
+                if rule is not None and rule.hold is not None:
+                    rule.hold.wait(timeout=60)
+                if rule is not None and not rule.after_upstream:
+                    return self._reply(
+                        rule.status,
+                        b'{"error": {"code": %d, "message": "injected"}}' % rule.status,
+                        {},
+                    )
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
+                }
+                conn.request(self.command, self.path, body=body, headers=headers)
+                upstream = conn.getresponse()
+                data = upstream.read()
+                conn.close()
+                if rule is not None:
+                    return self._reply(
+                        rule.status,
+                        b'{"error": {"code": %d, "message": "injected"}}' % rule.status,
+                        {},
+                    )
+                passed = {
+                    k: v
+                    for k, v in upstream.getheaders()
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length")
+                }
+                self._reply(upstream.status, data, passed)
+
+            def _reply(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                if "content-type" not in {k.lower() for k in headers}:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
