@@ -4,14 +4,15 @@ service does, and turn the answer into an ack (2xx) or a nack with backoff."""
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
+import queue
 import threading
 import time
+import urllib.parse
+from collections.abc import Callable
 from typing import Any
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from localcloud.pubsub.broker import Broker, Pb
 
@@ -47,9 +48,102 @@ def push_body(subscription: str, received: Pb) -> dict[str, Any]:
     }
 
 
+class _Workers:
+    """Persistent worker threads, as many as deliveries ever ran at once: each keeps its
+    keep-alive connections, and no delivery waits for a worker."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._busy = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            self._busy += 1
+            grow = self._busy > self._threads
+            if grow:
+                self._threads += 1
+        self._jobs.put(job)
+        if grow:
+            threading.Thread(target=self._work, name="pubsub-push-worker", daemon=True).start()
+
+    def stop(self) -> None:
+        with self._lock:
+            threads = self._threads
+        for _ in range(threads):
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:  # one failed delivery must not take the worker with it
+                log.exception("push delivery failed")
+            finally:
+                with self._lock:
+                    self._busy -= 1
+        with self._lock:
+            self._threads -= 1
+
+
+class _Connections(threading.local):
+    """Each worker's keep-alive HTTP connections, by scheme, host and port."""
+
+    def __init__(self) -> None:
+        self.open: dict[tuple[str, str, int | None], http.client.HTTPConnection] = {}
+
+
+class _StaleConnection(Exception):
+    """A kept-alive connection that the peer closed while it sat idle."""
+
+
+def post_json(connections: _Connections, endpoint: str, body: bytes, timeout_s: float) -> int:
+    """POST `body` and return the status. A reused connection the peer has closed in the
+    meantime is retried once on a fresh one, as HTTP clients do for idle keep-alives."""
+    url = urllib.parse.urlsplit(endpoint)
+    try:
+        return _post_once(connections, url, body, timeout_s)
+    except _StaleConnection:
+        return _post_once(connections, url, body, timeout_s)
+
+
+def _post_once(
+    connections: _Connections, url: urllib.parse.SplitResult, body: bytes, timeout_s: float
+) -> int:
+    key = (url.scheme, url.hostname or "", url.port)
+    conn = connections.open.pop(key, None)
+    reused = conn is not None
+    if conn is None:
+        https = url.scheme == "https"
+        factory = http.client.HTTPSConnection if https else http.client.HTTPConnection
+        conn = factory(key[1], key[2], timeout=timeout_s)
+    conn.timeout = timeout_s
+    if conn.sock is not None:
+        conn.sock.settimeout(timeout_s)
+    target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    try:
+        conn.request("POST", target, body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+    except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as err:
+        conn.close()
+        if reused:
+            raise _StaleConnection() from err
+        raise
+    except BaseException:
+        conn.close()
+        raise
+    if response.will_close:
+        conn.close()
+    else:
+        connections.open[key] = conn  # kept only after a clean exchange
+    return response.status
+
+
 class PushDelivery:
-    """A dispatcher thread that leases messages of push subscriptions and hands each to a
-    short-lived worker thread, at most `per_subscription` at a time per subscription."""
+    """A dispatcher thread that leases messages of push subscriptions and hands them to
+    worker threads, at most `per_subscription` at a time per subscription."""
 
     def __init__(self, broker: Broker, per_subscription: int = PER_SUBSCRIPTION_LIMIT) -> None:
         self._broker = broker
@@ -58,11 +152,8 @@ class PushDelivery:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        # One pooled session: keep-alive connections to the endpoints, shared by workers.
-        self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=64)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        self._workers = _Workers()
+        self._connections = _Connections()
 
     def start(self) -> None:
         self._stopping.clear()
@@ -77,7 +168,7 @@ class PushDelivery:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        self._session.close()
+        self._workers.stop()
 
     def _run(self) -> None:
         while not self._stopping.is_set() and not self._broker.closed:
@@ -110,13 +201,8 @@ class PushDelivery:
     def _begin(self, name: str, subscription: Pb, received: Pb, timeout_s: float) -> None:
         with self._lock:
             self._in_flight[name] = self._in_flight.get(name, 0) + 1
-        worker = threading.Thread(
-            target=self._deliver,
-            args=(name, subscription.push_config.push_endpoint, received, timeout_s),
-            name="pubsub-push-worker",
-            daemon=True,
-        )
-        worker.start()
+        endpoint = subscription.push_config.push_endpoint
+        self._workers.submit(lambda: self._deliver(name, endpoint, received, timeout_s))
 
     def _deliver(self, name: str, endpoint: str, received: Pb, timeout_s: float) -> None:
         acked = self._post(endpoint, push_body(name, received), timeout_s)
@@ -129,14 +215,8 @@ class PushDelivery:
 
     def _post(self, endpoint: str, body: dict[str, Any], timeout_s: float) -> bool:
         try:
-            response = self._session.post(
-                endpoint,
-                data=json.dumps(body),
-                headers={"Content-Type": "application/json"},
-                timeout=timeout_s,
-            )
-        except requests.RequestException as err:
+            status = post_json(self._connections, endpoint, json.dumps(body).encode(), timeout_s)
+        except (OSError, http.client.HTTPException, ValueError) as err:
             log.info("push to %s failed: %s", endpoint, err)
             return False
-        with response:
-            return response.status_code in ACK_STATUSES
+        return status in ACK_STATUSES
