@@ -4,6 +4,7 @@ client, fake-gcs-server and real HTTP push endpoints."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import threading
 import time
@@ -298,6 +299,41 @@ def test_a_slow_endpoint_does_not_hold_up_other_messages(
         receiver.close()
 
     assert [base64.b64decode(b["message"]["data"]) for b in receiver.bodies] == [b"slow", b"fast"]
+
+
+def test_push_recovers_when_the_endpoint_drops_an_idle_keep_alive_connection(
+    publisher: pubsub_v1.PublisherClient, subscriber: pubsub_v1.SubscriberClient
+) -> None:
+    received: list[dict[str, Any]] = []
+
+    class DroppingHandler(BaseHTTPRequestHandler):
+        # Claims keep-alive but closes after each answer, as an idle timeout would.
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), DroppingHandler)
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    try:
+        publisher.create_topic(name=topic_path("drops"))
+        url = f"http://127.0.0.1:{endpoint.server_address[1]}/"
+        create_push_subscription(subscriber, "drops-push", "drops", url)
+        for count in (1, 2, 3):
+            publisher.publish(topic_path("drops"), f"d{count}".encode()).result(timeout=10)
+            poll(functools.partial(lambda n: len(received) >= n, count), f"push {count}")
+    finally:
+        endpoint.shutdown()
+        endpoint.server_close()
+
+    assert [b["deliveryAttempt"] for b in received] == [1, 1, 1]
 
 
 def test_state_survives_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
