@@ -33,6 +33,8 @@ def data_files(data_uri: str) -> list[str]:
     try:
         if blobs.is_folder(data_uri):
             files = blobs.list_files(data_uri, "*.csv")
+            if not files and data_uri.endswith(".csv"):
+                raise DataError(f"data file {data_uri} does not exist")
             if not files:
                 raise DataError(f"no *.csv files under {data_uri}")
             return files

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,15 +72,17 @@ def _check_header(uri: str, header: tuple[str, ...]) -> None:
 def _parse_numeric(text: str, width: int) -> np.ndarray | None:
     """All-number files, parsed in C; None when anything is not a plain number."""
     try:
-        array = np.loadtxt(
-            io.StringIO(text),
-            delimiter=",",
-            skiprows=1,
-            dtype=np.float64,
-            ndmin=2,
-            quotechar='"',
-            encoding=None,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "no data": a header-only file
+            array = np.loadtxt(
+                io.StringIO(text),
+                delimiter=",",
+                skiprows=1,
+                dtype=np.float64,
+                ndmin=2,
+                quotechar='"',
+                encoding=None,
+            )
     except ValueError:
         return None
     if array.shape[0] and array.shape[1] != width:

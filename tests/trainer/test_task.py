@@ -107,6 +107,15 @@ def test_regression_reports_rmse_in_label_units(tmp_path: Path) -> None:
     }
     assert result.metrics["val_rmse"] < 6.0  # label std is about 36
     assert "val_rmse=" in out.getvalue().splitlines()[-1]
+    # Serving turns the network's standardised output back into prices.
+    from trainer.serving import Model
+
+    served = Model.load(str(tmp_path / "m")).predict([[1.0, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    columns = {"a": np.array([1.0, 0.0]), "b": np.array([0.5, 0.0]), "c": np.array([0.0, 0.0])}
+    expected = predict_rows(result, columns).reshape(-1) * result.schema.label.std
+    expected += result.schema.label.mean
+    assert [p["value"] for p in served] == pytest.approx(expected.tolist(), rel=1e-5)
+    assert served[0]["value"] == pytest.approx(120, abs=8)
 
 
 def test_categorical_features_and_text_labels(tmp_path: Path) -> None:
