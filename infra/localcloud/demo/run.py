@@ -1,0 +1,336 @@
+"""`retrain local demo`: the whole loop on localcloud, with a real data set.
+
+Starts localcloud with the demo config, drops scikit-learn's handwritten digits as CSV
+parts plus a `_SUCCESS` marker, follows the run live (job state, epoch lines, routing,
+deployment), predicts held-out rows through the endpoint, prints a summary, stops
+everything, and exits 0 only if the model was deployed and answered correctly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from localcloud.errors import LocalCloudError
+
+LANDING = "demo-landing"
+PIPELINE = "digits"
+MIN_HELD_OUT_ACCURACY = 0.8
+TERMINAL_KINDS = ("deployed", "rejected", "rolled_back", "failed", "cancelled")
+
+
+@dataclass
+class Batch:
+    name: str
+    parts: list[list[dict[str, Any]]]
+
+    @property
+    def uri(self) -> str:
+        return f"gs://{LANDING}/{PIPELINE}/{self.name}/"
+
+
+@dataclass
+class RunResult:
+    batch: str
+    run_id: str = "-"
+    job: str = "-"
+    state: str = "-"
+    kind: str = "-"
+    metric: Any = None
+    champion_metric: Any = None
+    version: Any = None
+    endpoint: Any = None
+    detail: str = ""
+    stages: dict[str, float] = field(default_factory=dict)
+    accuracy: float | None = None
+
+
+def make_data(seed: int = 7) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Digits as rows {p00..p63, digit}; 10% held out for predictions."""
+    import random
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rows = [
+        {**{f"p{i:02d}": int(v) for i, v in enumerate(image)}, "digit": f"d{int(target)}"}
+        for image, target in zip(digits.data, digits.target, strict=True)
+    ]
+    random.Random(seed).shuffle(rows)
+    cut = len(rows) // 10
+    return rows[cut:], rows[:cut]
+
+
+def split(rows: list[dict[str, Any]], parts: int) -> list[list[dict[str, Any]]]:
+    return [rows[i::parts] for i in range(parts)]
+
+
+def _say(started: float, message: str) -> None:
+    print(f"[{time.monotonic() - started:6.1f}s] {message}", flush=True)
+
+
+def run_demo(directory: Path, *, twice: bool, epochs: int | None, timeout: float) -> int:
+    from localcloud.stack import DEMO_CONFIG, Options, Stack
+
+    started = time.monotonic()
+    if directory.exists():
+        shutil.rmtree(directory)  # the demo always starts from a clean slate
+    config_path = DEMO_CONFIG
+    if epochs is not None:
+        directory.mkdir(parents=True)
+        config_path = directory / "pipelines.toml"
+        text = DEMO_CONFIG.read_text()
+        config_path.write_text(text.replace("epochs = 30", f"epochs = {epochs}"))
+    print(
+        "retrain demo: drop data in a bucket -> a training job runs -> the good model is deployed\n"
+    )
+    stack = Stack(
+        Options(dir=directory, config=config_path, tick_seconds=2.0),
+        progress=lambda m: _say(started, m),
+    )
+    stack.up()
+    _say(started, f"localcloud is up (state in {directory})")
+    try:
+        train, held_out = make_data()
+        batches = [Batch("batch-1", split(train[: len(train) // 2] if twice else train, 3))]
+        if twice:
+            batches.append(Batch("batch-2", split(train, 4)))
+        demo = _Demo(stack, directory, started, timeout)
+        results: list[RunResult] = []
+        for batch in batches:
+            result = demo.run_batch(batch)
+            if result.kind == "deployed" or (results and result.kind == "rejected"):
+                result.accuracy = demo.predict_accuracy(held_out)
+            results.append(result)
+        _summary(results, started)
+        first = results[0]
+        ok = first.kind == "deployed" and (first.accuracy or 0) >= MIN_HELD_OUT_ACCURACY
+        if twice:
+            ok = ok and results[1].kind in ("deployed", "rejected")
+        return 0 if ok else 1
+    finally:
+        _say(started, "stopping localcloud")
+        stack.down()
+
+
+class _Demo:
+    def __init__(self, stack: Any, directory: Path, started: float, timeout: float):
+        from google.cloud import aiplatform_v1, pubsub_v1
+
+        from localcloud.runs import load_config, storage, vertex_kwargs
+
+        self.stack = stack
+        self.env = stack.env
+        self.dir = directory
+        self.started = started
+        self.timeout = timeout
+        self.config = load_config(self.env)
+        self.storage = storage(self.env)
+        self.jobs = aiplatform_v1.JobServiceClient(**vertex_kwargs(self.env, "us-central1"))
+        self.subscriber = pubsub_v1.SubscriberClient()
+        project = stack.project
+        self.subscriptions = {}
+        for topic in ("retrain-notifications", "job-events"):
+            name = self.subscriber.subscription_path(project, f"demo-{topic}")
+            self.subscriber.create_subscription(
+                request={"name": name, "topic": f"projects/{project}/topics/{topic}"}
+            )
+            self.subscriptions[topic] = name
+
+    def say(self, message: str) -> None:
+        _say(self.started, message)
+
+    def drop(self, batch: Batch, work: Path) -> float:
+        bucket = self.storage.bucket(LANDING)
+        folder = work / batch.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, rows in enumerate(batch.parts):
+            path = folder / f"part-{index:04d}.csv"
+            with path.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            bucket.blob(f"{PIPELINE}/{batch.name}/{path.name}").upload_from_filename(str(path))
+        count = sum(len(p) for p in batch.parts)
+        self.say(f"dropped {len(batch.parts)} CSV parts ({count} rows) into {batch.uri}")
+        bucket.blob(f"{PIPELINE}/{batch.name}/_SUCCESS").upload_from_string(b"")
+        self.say(f"dropped the marker {batch.uri}_SUCCESS")
+        return time.time()
+
+    def run_batch(self, batch: Batch) -> RunResult:
+        from localcloud.runs import run_records
+
+        result = RunResult(batch.name)
+        dropped_at = self.drop(batch, self.dir / "data")
+        deadline = time.monotonic() + self.timeout
+        record: dict[str, Any] | None = None
+        job: Any = None
+        seen_lines: set[str] = set()
+        state = ""
+        routed_at: float | None = None
+        while time.monotonic() < deadline:
+            if record is None or not record.get("job_name"):
+                matches = [
+                    r
+                    for r in run_records(self.env, self.config, PIPELINE)
+                    if r.get("data_uri") == batch.uri
+                ]
+                if matches:
+                    if record is None:
+                        self.say(
+                            f"run {matches[0]['run_id']} claimed by the trigger ({matches[0]['trigger']})"
+                        )
+                    record = matches[0]
+                    result.run_id = record["run_id"]
+                    if record.get("job_name"):
+                        result.job = record["job_name"]
+                        submitted = _ts(record.get("submitted_at"))
+                        result.stages["event -> submit"] = (submitted or time.time()) - dropped_at
+                        self.say(f"job submitted: {record['job_name']}")
+            if record and record.get("job_name"):
+                job = self.jobs.get_custom_job(name=record["job_name"], timeout=10)
+                if job.state.name != state:
+                    state = job.state.name
+                    result.state = state.removeprefix("JOB_STATE_")
+                    self.say(f"job state: {result.state}")
+                self._print_job_lines(job.name.rsplit("/", 1)[-1], seen_lines)
+            for message in self._pull("job-events"):
+                entry = json.loads(message.data)
+                if record and record.get("job_name", "").endswith(
+                    entry["resource"]["labels"].get("job_id", "?")
+                ):
+                    routed_at = message.publish_time.timestamp()
+                    self.say("job end routed by the log sink to job-events")
+            for message in self._pull("retrain-notifications"):
+                doc = json.loads(message.data)
+                kind = doc.get("kind")
+                if str(doc.get("run") or doc.get("run_id") or "") != result.run_id:
+                    continue
+                self.say(
+                    f"notification: {kind} — {doc.get('summary') or doc.get('text') or ''}".rstrip(
+                        " —"
+                    )
+                )
+                if kind in TERMINAL_KINDS:
+                    self._finish(
+                        result, doc, job, dropped_at, routed_at, message.publish_time.timestamp()
+                    )
+                    return result
+            time.sleep(0.5)
+        raise LocalCloudError(
+            f"{batch.name}: no outcome within {self.timeout:.0f}s (last job state {state or 'none'})"
+        )
+
+    def _finish(
+        self,
+        result: RunResult,
+        doc: dict[str, Any],
+        job: Any,
+        dropped_at: float,
+        routed_at: float | None,
+        notified_at: float,
+    ) -> None:
+        result.kind = doc.get("kind", "-")
+        result.metric = doc.get("metric")
+        result.champion_metric = doc.get("champion_metric")
+        result.version = doc.get("model_version")
+        result.endpoint = doc.get("endpoint")
+        result.detail = str(doc.get("reason") or doc.get("error") or "")
+        if job is not None:
+            created, began, ended = (
+                _pb_ts(job.create_time),
+                _pb_ts(job.start_time),
+                _pb_ts(job.end_time),
+            )
+            if created and began:
+                result.stages["submit -> running"] = began - created
+            if began and ended:
+                result.stages["training"] = ended - began
+            if ended and routed_at:
+                result.stages["end -> routed"] = routed_at - ended
+        if routed_at:
+            result.stages[f"routed -> {result.kind}"] = notified_at - routed_at
+        result.stages["drop -> outcome"] = notified_at - dropped_at
+
+    def _print_job_lines(self, job_id: str, seen: set[str]) -> None:
+        store = self.stack.log_store
+        for entry in store.entries():
+            labels = entry.get("resource", {}).get("labels", {})
+            if labels.get("job_id") != job_id or entry["insertId"] in seen:
+                continue
+            seen.add(entry["insertId"])
+            text = entry.get("textPayload") or entry.get("jsonPayload", {}).get("message", "")
+            task = labels.get("task_name", "")
+            if (
+                task == "service"
+                or text.startswith(("epoch", "error", "warning", "no GPU"))
+                or entry.get("severity") in ("WARNING", "ERROR")
+            ):
+                self.say(f"  {task}: {text}")
+
+    def _pull(self, topic: str) -> list[Any]:
+        from google.api_core import exceptions
+
+        try:
+            response = self.subscriber.pull(
+                request={"subscription": self.subscriptions[topic], "max_messages": 50}, timeout=5
+            )
+        except exceptions.DeadlineExceeded:
+            return []
+        if response.received_messages:
+            self.subscriber.acknowledge(
+                request={
+                    "subscription": self.subscriptions[topic],
+                    "ack_ids": [m.ack_id for m in response.received_messages],
+                }
+            )
+        return [m.message for m in response.received_messages]
+
+    def predict_accuracy(self, held_out: list[dict[str, Any]]) -> float:
+        from localcloud.runs import predict
+
+        instances = [{k: v for k, v in row.items() if k != "digit"} for row in held_out]
+        began = time.monotonic()
+        answer = predict(self.env, PIPELINE, instances)
+        took = time.monotonic() - began
+        labels = [p.get("label") for p in answer["predictions"]]
+        correct = sum(
+            1 for row, label in zip(held_out, labels, strict=True) if label == row["digit"]
+        )
+        accuracy = correct / len(held_out)
+        self.say(
+            f"predicted {len(held_out)} held-out rows through the endpoint in {took:.2f}s: "
+            f"accuracy {accuracy:.3f} (model version {answer.get('model_version_id')})"
+        )
+        return accuracy
+
+
+def _ts(text: str | None) -> float | None:
+    return datetime.fromisoformat(text).timestamp() if text else None
+
+
+def _pb_ts(value: Any) -> float | None:
+    if not value or getattr(value, "year", 1970) <= 1970:
+        return None
+    return float(value.timestamp())
+
+
+def _summary(results: list[RunResult], started: float) -> None:
+    print("\nsummary")
+    for result in results:
+        print(
+            f"  {result.batch}: run {result.run_id}, job {result.job.rsplit('/', 1)[-1]}, state {result.state}"
+        )
+        print(f"    outcome: {result.kind}" + (f" ({result.detail})" if result.detail else ""))
+        print(f"    validation metric: {result.metric}   champion before: {result.champion_metric}")
+        print(f"    model version: {result.version}   endpoint: {result.endpoint}")
+        if result.accuracy is not None:
+            print(f"    accuracy on held-out rows through the endpoint: {result.accuracy:.3f}")
+        for stage, seconds in result.stages.items():
+            print(f"    {stage:<22} {seconds:7.2f}s")
+    print(f"  total: {time.monotonic() - started:.1f}s")

@@ -1,0 +1,172 @@
+"""Reading the product's state for people: the runs table and predictions through an
+endpoint, with the official clients (localcloud or Google Cloud alike)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from localcloud.errors import LocalCloudError
+
+
+def load_config(env: Mapping[str, str]) -> Any:
+    from retrain.config import parse_config
+    from retrain.errors import ConfigError
+
+    uri = env.get("RETRAIN_CONFIG")
+    if not uri:
+        raise LocalCloudError("RETRAIN_CONFIG is not set (and no localcloud runs in --dir)")
+    try:
+        if uri.startswith("gs://"):
+            bucket, _, name = uri.removeprefix("gs://").partition("/")
+            text = storage(env).bucket(bucket).blob(name).download_as_text()
+        else:
+            with open(uri, encoding="utf-8") as handle:
+                text = handle.read()
+        return parse_config(text, uri)
+    except (OSError, ConfigError) as err:
+        raise LocalCloudError(f"config invalid: {err}") from err
+
+
+def storage(env: Mapping[str, str]) -> Any:
+    from google.cloud import storage as gcs  # type: ignore[attr-defined]
+
+    if env.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return gcs.Client(
+            project=env.get("GOOGLE_CLOUD_PROJECT") or "localcloud",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]},
+        )
+    return gcs.Client(project=env.get("GOOGLE_CLOUD_PROJECT") or None)
+
+
+def vertex_kwargs(env: Mapping[str, str], region: str) -> dict[str, Any]:
+    from retrain.adapters.clients import vertex_client_kwargs
+    from retrain.settings import Settings
+
+    settings = Settings(
+        config_uri=env.get("RETRAIN_CONFIG", ""),
+        project=env.get("GOOGLE_CLOUD_PROJECT", ""),
+        vertex_endpoint=env.get("VERTEX_API_ENDPOINT") or None,
+    )
+    return vertex_client_kwargs(settings, region)
+
+
+def run_records(
+    env: Mapping[str, str], config: Any, pipeline: str | None = None
+) -> list[dict[str, Any]]:
+    bucket, _, prefix = config.defaults.state_uri.removeprefix("gs://").partition("/")
+    base = f"{prefix.strip('/')}/runs/" if prefix.strip("/") else "runs/"
+    if pipeline:
+        base += f"{pipeline}/"
+    client = storage(env)
+    records = []
+    for blob in client.list_blobs(bucket, prefix=base):
+        if blob.name.endswith(".json"):
+            records.append(json.loads(blob.download_as_bytes()))
+    return sorted(records, key=lambda r: r.get("created_at") or "")
+
+
+def list_runs(env: Mapping[str, str], pipeline: str | None = None) -> list[dict[str, Any]]:
+    from google.cloud import aiplatform_v1
+
+    config = load_config(env)
+    if pipeline and pipeline not in config.pipelines:
+        raise LocalCloudError(
+            f"unknown pipeline {pipeline!r} (configured: {', '.join(config.pipelines)})"
+        )
+    jobs = aiplatform_v1.JobServiceClient(**vertex_kwargs(env, config.defaults.region))
+    rows = []
+    for record in run_records(env, config, pipeline):
+        state, metric = "-", "-"
+        if record.get("job_name"):
+            try:
+                job = jobs.get_custom_job(name=record["job_name"], timeout=10)
+                state = job.state.name.removeprefix("JOB_STATE_")
+            except Exception as err:  # a row must still print when one job cannot be read
+                state = f"? ({type(err).__name__})"
+        for key in ("metric", "metric_value", "val_accuracy"):
+            if record.get(key) is not None:
+                metric = str(record[key])
+                break
+        rows.append(
+            {
+                "pipeline": record.get("pipeline", "?"),
+                "run": record.get("run_id", "?"),
+                "trigger": record.get("trigger", "?"),
+                "created": (record.get("created_at") or "")[:19],
+                "job": (record.get("job_name") or "-").rsplit("/", 1)[-1],
+                "state": state if record.get("job_name") else record.get("status", "?"),
+                "metric": metric,
+                "version": str(record.get("model_version") or "-"),
+                "outcome": str(record.get("outcome") or record.get("deployed") or "-"),
+            }
+        )
+    return rows
+
+
+def print_runs(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="runs")
+    columns = [
+        "pipeline",
+        "run",
+        "trigger",
+        "created",
+        "job",
+        "state",
+        "metric",
+        "version",
+        "outcome",
+    ]
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
+    Console().print(table if rows else "no runs yet")
+
+
+def endpoint_name(env: Mapping[str, str], config: Any, pipeline: str) -> str:
+    from google.cloud import aiplatform_v1
+
+    spec = config.pipelines.get(pipeline)
+    if spec is None:
+        raise LocalCloudError(
+            f"unknown pipeline {pipeline!r} (configured: {', '.join(config.pipelines)})"
+        )
+    if spec.deploy is None:
+        raise LocalCloudError(f"pipeline {pipeline!r} has no [deploy] table: nothing serves it")
+    project = config.defaults.project or env.get("GOOGLE_CLOUD_PROJECT")
+    client = aiplatform_v1.EndpointServiceClient(**vertex_kwargs(env, config.defaults.region))
+    parent = f"projects/{project}/locations/{config.defaults.region}"
+    found = list(
+        client.list_endpoints(
+            request={"parent": parent, "filter": f'display_name="{spec.deploy.endpoint}"'}
+        )
+    )
+    if not found:
+        raise LocalCloudError(
+            f"endpoint {spec.deploy.endpoint!r} does not exist yet: no model was deployed"
+        )
+    return str(found[0].name)
+
+
+def predict(env: Mapping[str, str], pipeline: str, instances: list[Any]) -> dict[str, Any]:
+    from google.cloud import aiplatform_v1
+    from google.protobuf import json_format, struct_pb2
+
+    config = load_config(env)
+    name = endpoint_name(env, config, pipeline)
+    client = aiplatform_v1.PredictionServiceClient(**vertex_kwargs(env, config.defaults.region))
+    values = [json_format.ParseDict(instance, struct_pb2.Value()) for instance in instances]
+    response = client.predict(endpoint=name, instances=values, timeout=60)
+    return {
+        "predictions": [json_format.MessageToDict(p) for p in response._pb.predictions],
+        "deployed_model_id": response.deployed_model_id,
+        "model_version_id": response.model_version_id,
+    }

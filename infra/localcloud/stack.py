@@ -1,0 +1,248 @@
+"""localcloud as one stack: every emulator, the bridge, the log router, the scheduler and
+the product's two functions, wired like the Terraform wires Google Cloud.
+
+    data ─▶ fake-gcs-server ─notification─▶ Pub/Sub ─push─▶ eventarc bridge ─▶ trigger
+    trigger ─▶ Vertex emulator ─▶ job processes ─▶ LogStore ─▶ router (shared filter)
+          ─▶ Pub/Sub job-events ─push─▶ bridge ─▶ on_job_event ─▶ models/endpoints
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localcloud.errors import LocalCloudError
+from localcloud.eventarc import EventarcBridge, connect
+from localcloud.functions import FunctionServer
+from localcloud.logging_api import LoggingServer
+from localcloud.logstore import LogStore
+from localcloud.pubsub.server import PubSubServer
+from localcloud.router import LogRouter, pubsub_publisher
+from localcloud.scheduler import Scheduler
+from localcloud.storage import StorageServer
+from localcloud.vertex.images import ImageCommands
+from localcloud.vertex.runtime_local import LocalJobRuntime, LocalModelRuntime
+from localcloud.vertex.server import VertexServer
+
+DEFAULT_PROJECT = "localcloud"
+GCS_TOPIC = "gcs-notifications"
+TOPICS = ("retrain-requests", "job-events", "retrain-ticks", "retrain-notifications")
+DEMO_CONFIG = Path(__file__).resolve().parent / "demo" / "pipelines.toml"
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Options:
+    dir: Path
+    config: Path
+    tick_seconds: float = 5.0
+    retry_min_backoff_s: float = 1.0
+    retry_max_backoff_s: float = 30.0
+    max_delivery_attempts: int = 10
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Stack:
+    """`Stack(options).up()` starts everything and writes `DIR/env`; `down()` stops it.
+    State lives under DIR, so an `up` after a `down` finds buckets, topics, jobs, models
+    and endpoints again."""
+
+    def __init__(self, options: Options, progress: Progress | None = None):
+        self.options = options
+        self.dir = options.dir.resolve()
+        self._progress = progress or (lambda _m: None)
+        self._stop: list[Callable[[], Any]] = []
+        self.env: dict[str, str] = {}
+        self.project = DEFAULT_PROJECT
+        self.log_store: LogStore | None = None
+        self.vertex: VertexServer | None = None
+        self.storage: StorageServer | None = None
+        self.pubsub: PubSubServer | None = None
+
+    # lifecycle ---------------------------------------------------------------------------
+    def up(self) -> dict[str, str]:
+        try:
+            self._up()
+        except BaseException:
+            self.down()
+            raise
+        return self.env
+
+    def _up(self) -> None:
+        from retrain.config import parse_config
+        from retrain.errors import ConfigError
+
+        config_path = self.options.config.resolve()
+        try:
+            config = parse_config(config_path.read_text(encoding="utf-8"), str(config_path))
+        except (OSError, ConfigError) as err:
+            raise LocalCloudError(f"config invalid: {err}") from err
+        self.project = config.defaults.project or DEFAULT_PROJECT
+        self.dir.mkdir(parents=True, exist_ok=True)
+        logs_dir = self.dir / "logs"
+        logs_dir.mkdir(parents=True, exist_ok=True)
+
+        self._progress("starting Pub/Sub")
+        self.pubsub = PubSubServer(self.dir / "pubsub").start()
+        self._stop.append(self.pubsub.stop)
+        pubsub_host = self.pubsub.host_port
+        os.environ["PUBSUB_EMULATOR_HOST"] = pubsub_host  # for the official clients here
+
+        self._progress("starting Cloud Storage (fake-gcs-server)")
+        self.storage = StorageServer(
+            root=self.dir / "gcs",
+            pubsub_project=self.project,
+            pubsub_topic=GCS_TOPIC,
+            pubsub_host=pubsub_host,
+            log_path=logs_dir / "gcs.log",
+        )
+        self._ensure_topics([GCS_TOPIC])  # fake-gcs-server publishes to an existing topic
+        self.storage.start()
+        self._stop.append(self.storage.stop)
+
+        self._progress("starting Cloud Logging")
+        self.log_store = LogStore(logs_dir / "entries.jsonl")
+        logging_server = LoggingServer(self.log_store).start()
+        self._stop.append(logging_server.stop)
+
+        self._progress("starting Vertex AI")
+        runtime_env = {"STORAGE_EMULATOR_HOST": self.storage.url, **self.options.extra_env}
+        commands = ImageCommands.from_env()
+        jobs = LocalJobRuntime(
+            self.project, self.log_store, self.dir / "jobs", commands, runtime_env
+        )
+        models = LocalModelRuntime(self.log_store, commands, runtime_env, project=self.project)
+        self.vertex = VertexServer(
+            self.dir / "vertex", jobs=jobs, models=models, logs=self.log_store
+        ).start()
+        self._stop.append(self.vertex.stop)
+
+        self._create_buckets(config)
+        notify_topics = [
+            p.notify.pubsub_topic.rsplit("/", 1)[-1]
+            for p in config.pipelines.values()
+            if p.notify and p.notify.pubsub_topic
+        ]
+        self._ensure_topics([*TOPICS, *notify_topics])
+
+        self.env = {
+            "STORAGE_EMULATOR_HOST": self.storage.url,
+            "PUBSUB_EMULATOR_HOST": pubsub_host,
+            "VERTEX_API_ENDPOINT": self.vertex.url,
+            "LOGGING_API_ENDPOINT": logging_server.url,
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "RETRAIN_CONFIG": str(config_path),
+        }
+        self._progress("starting the functions (functions-framework)")
+        functions = {}
+        for target in ("trigger", "on_job_event"):
+            server = FunctionServer(
+                target,
+                env={**self.env, **self.options.extra_env},
+                log_path=logs_dir / f"{target}.log",
+            ).start()
+            self._stop.append(server.stop)
+            functions[target] = server.url
+        self.env["TRIGGER_URL"] = functions["trigger"]
+        self.env["JOB_EVENTS_URL"] = functions["on_job_event"]
+
+        self._progress("wiring Eventarc triggers")
+        bridge = EventarcBridge().start()
+        self._stop.append(bridge.stop)
+        wiring = [
+            (GCS_TOPIC, "trigger-storage", functions["trigger"], "storage"),
+            ("retrain-requests", "trigger-requests", functions["trigger"], "pubsub"),
+            ("retrain-ticks", "trigger-ticks", functions["trigger"], "pubsub"),
+            ("job-events", "job-events", functions["on_job_event"], "pubsub"),
+            ("retrain-ticks", "job-events-ticks", functions["on_job_event"], "pubsub"),
+        ]
+        for topic, name, url, kind in wiring:
+            connect(
+                pubsub_host,
+                self.project,
+                topic,
+                f"eventarc-{name}",
+                bridge,
+                name,
+                url,
+                kind,  # type: ignore[arg-type]
+                dead_letter_topic=f"{topic}-dead-letter",
+                max_attempts=self.options.max_delivery_attempts,
+                min_backoff=self.options.retry_min_backoff_s,
+                max_backoff=self.options.retry_max_backoff_s,
+            )
+
+        self._progress("starting the log router and the scheduler")
+        router = LogRouter.from_shared_filter(
+            self.log_store, pubsub_publisher(self.project, "job-events")
+        ).start()
+        self._stop.append(router.stop)
+        scheduler = Scheduler(
+            self.options.tick_seconds, pubsub_publisher(self.project, "retrain-ticks")
+        ).start()
+        self._stop.append(scheduler.stop)
+        write_env(self.dir / "env", self.env)
+
+    def down(self) -> None:
+        while self._stop:
+            stop = self._stop.pop()
+            with contextlib.suppress(Exception):
+                stop()
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "env").unlink()
+
+    # set-up helpers ----------------------------------------------------------------------
+    def _ensure_topics(self, topics: list[str]) -> None:
+        from google.api_core import exceptions
+        from google.cloud import pubsub_v1
+
+        publisher = pubsub_v1.PublisherClient()
+        for topic in topics:
+            with contextlib.suppress(exceptions.AlreadyExists):
+                publisher.create_topic(name=publisher.topic_path(self.project, topic))
+
+    def _create_buckets(self, config: Any) -> None:
+        from google.api_core import exceptions
+
+        assert self.storage is not None
+        client = storage_client(self.storage.url, self.project)
+        buckets = {p.bucket for p in config.pipelines.values()}
+        for uri in (config.defaults.state_uri, config.defaults.output_uri):
+            buckets.add(uri.removeprefix("gs://").split("/", 1)[0])
+        for bucket in sorted(buckets):
+            with contextlib.suppress(exceptions.Conflict):
+                client.create_bucket(bucket)
+
+
+def storage_client(url: str, project: str) -> Any:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage  # type: ignore[attr-defined]
+
+    return storage.Client(
+        project=project, credentials=AnonymousCredentials(), client_options={"api_endpoint": url}
+    )
+
+
+def write_env(path: Path, env: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{key}={value}\n" for key, value in sorted(env.items())))
+    tmp.replace(path)
+
+
+def read_env(path: Path) -> dict[str, str]:
+    if not path.exists():
+        raise LocalCloudError(
+            f"localcloud is not running ({path} not found): start it with `retrain local up --detach`"
+        )
+    env = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip():
+            env[key.strip()] = value.strip()
+    return env
