@@ -187,6 +187,11 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def wait_for_group_end(pgid: int) -> None:
+    # A SIGKILLed process takes a moment to finish exiting after the signal is sent.
+    wait_until(lambda: not group_alive(pgid), what=f"end of process group {pgid}", timeout=WAIT)
+
+
 def wait_for_file(path: Path) -> Path:
     wait_until(path.exists, what=str(path), timeout=WAIT)
     return path
@@ -444,7 +449,7 @@ def test_a_failing_replica_fails_the_job_with_its_error_line_and_stops_the_other
     assert failed.error_message == "error: data file x.csv has no column 'y'"
     assert updates.states() == [RUNNING, FAILED]
     chief = int((out / "chief.pid").read_text())
-    assert not group_alive(chief)
+    wait_for_group_end(chief)
     assert ("ERROR", "giving up") in entries_for(logs, "9", "workerpool1-0")
 
 
@@ -462,7 +467,7 @@ def test_a_cancelled_job_stops_its_whole_process_group(
 
     updates.wait_for(CANCELLED)
     assert updates.states() == [RUNNING, CANCELLED]
-    assert not group_alive(pgid)
+    wait_for_group_end(pgid)
 
 
 def test_a_job_past_its_timeout_is_stopped_and_fails(
@@ -475,7 +480,7 @@ def test_a_job_past_its_timeout_is_stopped_and_fails(
 
     failed = updates.wait_for(FAILED)
     assert failed.error_message == "job exceeded its timeout of 1s"
-    assert not group_alive(int((out / "sleeper.pid").read_text()))
+    wait_for_group_end(int((out / "sleeper.pid").read_text()))
 
 
 def test_close_stops_running_jobs_and_reports_nothing_more(
@@ -489,7 +494,7 @@ def test_close_stops_running_jobs_and_reports_nothing_more(
 
     runtime.close()
 
-    assert not group_alive(pgid)
+    wait_for_group_end(pgid)
     assert updates.states() == [RUNNING]
 
 
@@ -667,7 +672,7 @@ def test_a_deployed_model_serves_once_healthy_and_stops_when_undeployed(
 
     port = int(server.url.rsplit(":", 1)[1])
     assert not port_is_open("127.0.0.1", port)
-    assert not group_alive(int((out / "server.pid").read_text()))
+    wait_for_group_end(int((out / "server.pid").read_text()))
 
 
 def test_a_serving_command_that_exits_at_once_raises_with_its_output(
