@@ -1,0 +1,85 @@
+variable "project_id" {
+  description = "Google Cloud project that runs the whole loop."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the buckets, functions, Vertex AI jobs, Artifact Registry and scheduler."
+  type        = string
+  default     = "us-central1"
+}
+
+variable "name_prefix" {
+  description = "Prefix of every bucket name (bucket names are global). Defaults to the project id."
+  type        = string
+  default     = null
+}
+
+variable "alert_email" {
+  description = "Address the job-failure alert pages."
+  type        = string
+}
+
+variable "alert_to_job_events" {
+  description = "Also deliver job-failure incidents to the job-events topic (a second path besides the log sink)."
+  type        = bool
+  default     = false
+}
+
+variable "webhook_secrets" {
+  description = <<-EOT
+    Webhook environment variables of the job-events function: variable name (a `webhook_env`
+    of the pipelines config) → id of an existing Secret Manager secret holding the URL.
+    The secrets are created outside Terraform so their values never enter the state.
+  EOT
+  type        = map(string)
+  default     = {}
+}
+
+variable "pipelines_config" {
+  description = "Local path of the pipelines TOML to upload to the state bucket; null leaves the upload to you."
+  type        = string
+  default     = null
+}
+
+variable "log_level" {
+  description = "LOG_LEVEL of both functions."
+  type        = string
+  default     = "INFO"
+}
+
+variable "function_max_instances" {
+  description = "Upper bound on instances per function (caps parallel Vertex submissions and cost)."
+  type        = number
+  default     = 10
+}
+
+variable "run_retention_days" {
+  description = "Age after which run outputs under <artifacts>/runs/ are deleted. Keep it longer than the oldest version you may roll back to."
+  type        = number
+  default     = 90
+}
+
+variable "noncurrent_retention_days" {
+  description = "Age after which overwritten or deleted object versions are removed from every bucket."
+  type        = number
+  default     = 30
+}
+
+variable "delivery_attempts" {
+  description = "Pub/Sub deliveries of one message to a function before it goes to the dead-letter topic (5-100)."
+  type        = number
+  default     = 10
+}
+
+variable "try_pipeline" {
+  description = "Pipeline used in the example commands of the outputs."
+  type        = string
+  default     = "churn"
+}
+
+variable "try_prefix" {
+  description = "Landing prefix of try_pipeline, used in the example commands of the outputs."
+  type        = string
+  default     = "churn/"
+}
