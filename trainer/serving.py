@@ -20,7 +20,7 @@ import numpy as np
 
 from trainer import blobs
 from trainer.errors import BadRequest, ModelError, TrainerError
-from trainer.features import Schema, columns_from_instances, decode_predictions, encode_features
+from trainer.features import Schema, decode_predictions, encode_instances
 
 MAX_BODY_BYTES = 1_500_000  # Vertex AI's online prediction request limit (1.5 MB)
 MODEL_FILE = "model.onnx"
@@ -60,7 +60,13 @@ class Model:
         import onnxruntime
 
         self.schema = Schema.from_json(metadata["schema"])
-        self.session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        # Spinning worker threads would steal the cores that parse the next request, and
+        # waking them costs more than one small batch: one thread per request.
+        options.intra_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(
+            onnx_bytes, options, providers=["CPUExecutionProvider"]
+        )
         self.input_name = self.session.get_inputs()[0].name
 
     @classmethod
@@ -77,7 +83,7 @@ class Model:
             raise ModelError(f"{directory}/{MODEL_FILE} is not a loadable model: {err}") from err
 
     def predict(self, instances: Any) -> list[dict[str, Any]]:
-        features = encode_features(self.schema, columns_from_instances(self.schema, instances))
+        features = encode_instances(self.schema, instances)
         (outputs,) = self.session.run(None, {self.input_name: features})
         return decode_predictions(self.schema, np.asarray(outputs))
 
