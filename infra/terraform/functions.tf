@@ -62,6 +62,7 @@ resource "google_cloudfunctions2_function" "trigger" {
   }
 
   depends_on = [
+    google_project_service.apis,
     google_project_iam_member.delivery_event_receiver,
     google_project_iam_member.storage_agent_publisher,
     google_artifact_registry_repository_iam_member.builder_writer,
@@ -116,6 +117,7 @@ resource "google_cloudfunctions2_function" "job_events" {
   }
 
   depends_on = [
+    google_project_service.apis,
     google_secret_manager_secret_iam_member.job_events_webhooks,
     google_artifact_registry_repository_iam_member.builder_writer,
     google_storage_bucket_iam_member.builder_reads_source,

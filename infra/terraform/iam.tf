@@ -5,21 +5,29 @@
 resource "google_service_account" "trigger" {
   account_id   = "retrain-trigger"
   display_name = "retrain: trigger function"
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_service_account" "job_events" {
   account_id   = "retrain-job-events"
   display_name = "retrain: job-events function"
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_service_account" "trainer" {
   account_id   = "retrain-trainer"
   display_name = "retrain: Vertex AI training jobs"
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_service_account" "serving" {
   account_id   = "retrain-serving"
   display_name = "retrain: Vertex AI serving containers"
+
+  depends_on = [google_project_service.apis]
 }
 
 # The identity Eventarc and the push subscriptions present when they call the functions.
@@ -28,12 +36,16 @@ resource "google_service_account" "serving" {
 resource "google_service_account" "delivery" {
   account_id   = "retrain-delivery"
   display_name = "retrain: event delivery to the functions"
+
+  depends_on = [google_project_service.apis]
 }
 
 # Builds the functions' images and, through infra/cloudbuild.yaml, the trainer and serving images.
 resource "google_service_account" "builder" {
   account_id   = "retrain-builder"
   display_name = "retrain: image builds"
+
+  depends_on = [google_project_service.apis]
 }
 
 # --- trigger: create jobs, act as the trainer account, read landing, read/write state --------
@@ -153,6 +165,9 @@ resource "google_service_account_iam_member" "pubsub_signs_as_delivery" {
   service_account_id = google_service_account.delivery.name
   role               = "roles/iam.serviceAccountTokenCreator"
   member             = local.pubsub_agent
+
+  # The Pub/Sub service agent exists once the API is on.
+  depends_on = [google_project_service.apis]
 }
 
 # --- builder: function images and the trainer/serving images ----------------------------------
