@@ -15,3 +15,12 @@ def trigger(cloud_event: CloudEvent) -> None:
     bootstrap.deliver(
         app.trigger.handle, cloud_event.get_attributes(), cloud_event.get_data(), app.log
     )
+
+
+@functions_framework.cloud_event
+def on_job_event(cloud_event: CloudEvent) -> None:
+    """A training job ended (log sink, alert incident) or a tick → deploy or notify."""
+    app = bootstrap.app()
+    bootstrap.deliver(
+        app.job_events.handle, cloud_event.get_attributes(), cloud_event.get_data(), app.log
+    )

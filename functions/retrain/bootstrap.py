@@ -6,17 +6,19 @@ ignored never imports the Vertex client library."""
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from retrain.config import Config
+from retrain.config import Config, Pipeline
 from retrain.config_source import ConfigSource
 from retrain.errors import ConfigError, InvalidEvent, PermanentError, TransientError
 from retrain.events import Event, parse
+from retrain.jobevents import JobEvents
 from retrain.ledger import Ledger
 from retrain.logs import Logger
-from retrain.ports import TrainingService
+from retrain.ports import JobLogs, Notifier, TrainingService
 from retrain.settings import Settings
 from retrain.trigger import Trigger
 
@@ -29,6 +31,7 @@ class App:
         self._storage: Any = None
         self._ledgers: dict[str, Ledger] = {}
         self._training: dict[tuple[str, str], TrainingService] = {}
+        self._adapters: dict[Any, Any] = {}
         from retrain.adapters.gcs import GcsBlobs
 
         self.config_source = ConfigSource(settings.config_uri, GcsBlobs(self.storage))
@@ -74,6 +77,79 @@ class App:
     @functools.cached_property
     def trigger(self) -> Trigger:
         return Trigger(self.config, self.ledger, self.training, self.log)
+
+    @functools.cached_property
+    def job_events(self) -> JobEvents:
+        from retrain.adapters.gcs import GcsBlobs
+
+        return JobEvents(
+            self.config,
+            self.ledger,
+            self.training,
+            self._vertex(config_key="registry"),
+            self._vertex(config_key="endpoints"),
+            GcsBlobs(self.storage),
+            self.job_logs,
+            self.notifiers,
+            self.project,
+            self.log,
+        )
+
+    def _vertex(self, config_key: str) -> Callable[[Config], Any]:
+        """A per-(project, region) cache of the registry or endpoints adapter."""
+
+        def build(config: Config) -> Any:
+            key = (config_key, self.project(config), config.defaults.region)
+            with self._lock:
+                if key not in self._adapters:
+                    from retrain.adapters.clients import vertex_client_kwargs
+                    from retrain.adapters.registry import VertexEndpoints, VertexRegistry
+
+                    kind = VertexRegistry if config_key == "registry" else VertexEndpoints
+                    kwargs = vertex_client_kwargs(self.settings, config.defaults.region)
+                    self._adapters[key] = kind(key[1], key[2], kwargs)
+                return self._adapters[key]
+
+        return build
+
+    def job_logs(self, config: Config) -> JobLogs:
+        key = ("logs", self.project(config))
+        with self._lock:
+            if key not in self._adapters:
+                from retrain.adapters.joblogs import CloudJobLogs, logging_client
+
+                client = logging_client(self.settings, key[1])
+                self._adapters[key] = CloudJobLogs(key[1], client)
+            return self._adapters[key]
+
+    def notifiers(self, pipeline: Pipeline) -> list[Notifier]:
+        """The pipeline's channels. The webhook URL is read from the environment variable
+        the config names (a mounted secret), at use, and never logged."""
+        from retrain.adapters.notifiers import PubSubNotifier, WebhookNotifier
+
+        notify = pipeline.notify
+        channels: list[Notifier] = []
+        if notify is None:
+            return channels
+        if notify.webhook_env:
+            url = os.environ.get(notify.webhook_env)
+            if not url:
+                raise ConfigError(
+                    f"pipelines.{pipeline.name}.notify.webhook_env names "
+                    f"{notify.webhook_env}, which is not set"
+                )
+            channels.append(WebhookNotifier(url))
+        if notify.pubsub_topic:
+            channels.append(PubSubNotifier(self.publisher, notify.pubsub_topic))
+        return channels
+
+    def publisher(self) -> Any:
+        with self._lock:
+            if "publisher" not in self._adapters:
+                from retrain.adapters.notifiers import publisher_client
+
+                self._adapters["publisher"] = publisher_client()
+            return self._adapters["publisher"]
 
 
 def deliver(

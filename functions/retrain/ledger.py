@@ -11,6 +11,17 @@ allows about one write per second to a single object name):
                                                     claim a tick must check); removed once
                                                     the job exists
     pipelines/<pipeline>/last-submit.json           for cooldowns
+
+Kept by the job-events function:
+
+    handled/<pipeline>/<job_id>.json                handling of one job end: its atomic create
+                                                    is the claim (a lease that a redelivery may
+                                                    take over once expired); the step reached
+    done/<pipeline>/<job_id>                        the job end was fully handled (a tick's
+                                                    reconcile lists these against the jobs)
+    notified/<pipeline>/<run_id>/<kind>/<channel>   one per notification sent: the claim that
+                                                    makes it exactly-once per (run, kind)
+    canary/<pipeline>/<run_id>.json                 a canary deployment a tick will promote
 """
 
 from __future__ import annotations
@@ -124,3 +135,77 @@ class Ledger:
             current = self.store.read(key)
         if current is not None:
             self.store.replace(key, doc, generation=current.generation)
+
+
+def plan_from_record(record: Mapping[str, Any]) -> RunPlan:
+    """The run as planned, from its record (to build a job again, e.g. on a fallback)."""
+    return RunPlan(
+        pipeline=record["pipeline"],
+        run_id=record["run_id"],
+        trigger=record["trigger"],
+        data_uri=record["data_uri"],
+        hyperparameters=dict(record.get("hyperparameters") or {}),
+        objects=tuple(record.get("objects") or ()),
+        covers_folder=record.get("covers_folder"),
+        events=tuple(record.get("events") or ()),
+        reason=record.get("reason"),
+    )
+
+
+class JobLedger:
+    """The job-events function's records (see the module docstring)."""
+
+    def __init__(self, store: StateStore):
+        self.store = store
+
+    # handling of one job end -----------------------------------------------------------
+    def claim_handling(self, pipeline: str, job_id: str, doc: Mapping[str, Any]) -> Stored | None:
+        generation = self.store.create(f"handled/{pipeline}/{job_id}.json", doc)
+        if generation is None:
+            return None
+        return Stored(dict(doc), generation, datetime.now(UTC))
+
+    def read_handling(self, pipeline: str, job_id: str) -> Stored | None:
+        return self.store.read(f"handled/{pipeline}/{job_id}.json")
+
+    def update_handling(
+        self, pipeline: str, job_id: str, current: Stored, changes: Mapping[str, Any]
+    ) -> Stored | None:
+        """Compare-and-swap: None when another delivery changed the record first."""
+        doc = {**current.doc, **changes}
+        key = f"handled/{pipeline}/{job_id}.json"
+        generation = self.store.replace(key, doc, generation=current.generation)
+        return None if generation is None else Stored(doc, generation, current.updated)
+
+    def mark_done(self, pipeline: str, job_id: str, outcome: str) -> None:
+        self.store.create(f"done/{pipeline}/{job_id}", {"outcome": outcome})
+
+    def is_done(self, pipeline: str, job_id: str) -> bool:
+        return self.store.read(f"done/{pipeline}/{job_id}") is not None
+
+    def done_jobs(self, pipeline: str) -> set[str]:
+        prefix = f"done/{pipeline}/"
+        return {item.key[len(prefix) :] for item in self.store.list(prefix)}
+
+    # notifications ---------------------------------------------------------------------
+    def claim_notification(self, pipeline: str, run_id: str, kind: str, channel: str) -> bool:
+        key = f"notified/{pipeline}/{run_id}/{kind}/{channel}"
+        return self.store.create(key, {"kind": kind, "channel": channel}) is not None
+
+    def release_notification(self, pipeline: str, run_id: str, kind: str, channel: str) -> None:
+        self.store.delete(f"notified/{pipeline}/{run_id}/{kind}/{channel}")
+
+    # canaries --------------------------------------------------------------------------
+    def open_canary(self, pipeline: str, run_id: str, doc: Mapping[str, Any]) -> None:
+        self.store.create(f"canary/{pipeline}/{run_id}.json", doc)
+
+    def canaries(self, pipeline: str) -> list[Stored]:
+        found = []
+        for item in self.store.list(f"canary/{pipeline}/"):
+            stored = self.store.read(item.key)
+            if stored is not None:
+                found.append(stored)
+        return found
+
+    def close_canary(self, pipeline: str, run_id: str) -> None:
+        self.store.delete(f"canary/{pipeline}/{run_id}.json")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from retrain.errors import PermanentError
 from retrain.jobspec import JobSpec
 
 TERMINAL_STATES = frozenset(
@@ -89,3 +90,118 @@ class TrainingService(Protocol):
         """Jobs carrying all of `labels`."""
 
     def cancel(self, name: str) -> None: ...
+
+
+# --- the job-events function's ports ---------------------------------------------------
+
+
+class DeployFailed(PermanentError):
+    """The serving container of a new model version could not be deployed (it never
+    became healthy): the version is not serving, the endpoint is as it was."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One version of a registered model; `metric` is the gate metric stored with it."""
+
+    model: str  # projects/P/locations/L/models/ID
+    version_id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    metric: float | None = None
+    artifact_uri: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}@{self.version_id}"
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """What a new model version is uploaded with."""
+
+    model_id: str
+    display_name: str
+    artifact_uri: str
+    image_uri: str
+    health_route: str
+    predict_route: str
+    port: int
+    labels: Mapping[str, str]
+    metric_name: str
+    metric_value: float
+    description: str = ""
+
+
+class ModelRegistry(Protocol):
+    """Vertex AI Model Registry: models as versions, aliases such as `champion`."""
+
+    def find_version(self, model_id: str, labels: Mapping[str, str]) -> ModelVersion | None:
+        """The version of `model_id` carrying all of `labels`, if any."""
+
+    def by_alias(self, model_id: str, alias: str) -> ModelVersion | None: ...
+
+    def upload(self, spec: VersionSpec) -> ModelVersion:
+        """A new version of `spec.model_id` (the model itself when it is the first)."""
+
+    def set_alias(self, version: ModelVersion, alias: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Deployed:
+    id: str
+    model: str
+    version_id: str
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    name: str
+    deployed: tuple[Deployed, ...] = ()
+    traffic: Mapping[str, int] = field(default_factory=dict)
+
+    def deployment_of(self, version: ModelVersion) -> Deployed | None:
+        for item in self.deployed:
+            if item.model == version.model and item.version_id == version.version_id:
+                return item
+        return None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    deployed_model_id: str
+    predictions: tuple[Any, ...]
+
+
+class Endpoints(Protocol):
+    """Vertex AI endpoints: deployments with a traffic split, and predictions."""
+
+    def ensure(self, endpoint_id: str, display_name: str) -> EndpointState: ...
+
+    def get(self, name: str) -> EndpointState: ...
+
+    def deploy(
+        self, endpoint: str, version: ModelVersion, machine_type: str, traffic: Mapping[str, int]
+    ) -> str:
+        """The new deployed model's id; `traffic` key "0" is the version being deployed.
+        Raises DeployFailed when the model cannot serve."""
+
+    def undeploy(self, endpoint: str, deployed_id: str, traffic: Mapping[str, int]) -> None:
+        """`traffic` is the split of the models that remain."""
+
+    def set_traffic(self, endpoint: str, traffic: Mapping[str, int]) -> None: ...
+
+    def predict(self, endpoint: str, instances: list[Any]) -> Prediction: ...
+
+
+class JobLogs(Protocol):
+    def tail(self, job_id: str, lines: int) -> list[str]:
+        """The last `lines` lines of the job's failing (or last) replica, oldest first."""
+
+
+class Notifier(Protocol):
+    """One notification channel; `channel` names it in the ledger's notification claims."""
+
+    channel: str
+
+    def send(self, document: Mapping[str, Any], text: str) -> None: ...

@@ -10,7 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 REQUIRED_ENV = ("RETRAIN_CONFIG", "GOOGLE_CLOUD_PROJECT")
-OPTIONAL_ENV = ("VERTEX_API_ENDPOINT", "STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "LOG_LEVEL")
+OPTIONAL_ENV = (
+    "VERTEX_API_ENDPOINT",
+    "STORAGE_EMULATOR_HOST",
+    "PUBSUB_EMULATOR_HOST",
+    "LOG_LEVEL",
+    "LOGGING_API_ENDPOINT",
+)
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,7 @@ class Settings:
     storage_emulator: str | None = None
     pubsub_emulator: str | None = None
     log_level: str = "INFO"
+    logging_endpoint: str | None = None  # an http:// value selects REST, anonymously
 
     @property
     def emulated(self) -> bool:
@@ -48,4 +55,5 @@ class Settings:
             storage_emulator=env.get("STORAGE_EMULATOR_HOST") or None,
             pubsub_emulator=env.get("PUBSUB_EMULATOR_HOST") or None,
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            logging_endpoint=env.get("LOGGING_API_ENDPOINT") or None,
         )

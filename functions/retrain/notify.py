@@ -1,0 +1,138 @@
+"""Notifications as pure values: the JSON document published to Pub/Sub and the text a
+Slack or Google Chat webhook shows (a top-level "text" works for both)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from retrain.config import Notify
+
+DEPLOYED, REJECTED, ROLLED_BACK, FAILED, CANCELLED = (
+    "deployed",
+    "rejected",
+    "rolled_back",
+    "failed",
+    "cancelled",
+)
+CONSOLE = "https://console.cloud.google.com"
+_TITLES = {
+    DEPLOYED: "deployed",
+    REJECTED: "rejected by the quality gate",
+    ROLLED_BACK: "rolled back (smoke test failed)",
+    FAILED: "training failed",
+    CANCELLED: "training cancelled",
+}
+
+
+@dataclass(frozen=True)
+class Notification:
+    kind: str
+    pipeline: str
+    run_id: str
+    job: str  # the CustomJob resource name
+    state: str
+    project: str
+    region: str
+    data_uri: str | None = None
+    duration_seconds: float | None = None
+    metric_name: str | None = None
+    metric: float | None = None
+    champion_metric: float | None = None
+    model_version: str | None = None  # projects/…/models/ID@VERSION
+    endpoint: str | None = None
+    reason: str | None = None  # why rejected or rolled back
+    error: str | None = None  # the job's error message
+    log_tail: tuple[str, ...] = ()
+    canary_percent: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def wanted(notify: Notify | None, kind: str) -> bool:
+    return notify is not None and kind in notify.on
+
+
+def duration(start: datetime | None, end: datetime | None) -> float | None:
+    return (end - start).total_seconds() if start and end else None
+
+
+def links(n: Notification) -> dict[str, str]:
+    """Console links for the job, its logs, the model version and the endpoint."""
+    project = f"?project={n.project}"
+    job_id = n.job.rsplit("/", 1)[-1]
+    query = quote(f'resource.type="ml_job" resource.labels.job_id="{job_id}"', safe="")
+    found = {
+        "job": f"{CONSOLE}/vertex-ai/locations/{n.region}/training/{job_id}/cpu{project}",
+        "logs": f"{CONSOLE}/logs/query;query={query}{project}",
+    }
+    if n.model_version:
+        model, _, version = n.model_version.partition("@")
+        model_id = model.rsplit("/", 1)[-1]
+        found["model"] = (
+            f"{CONSOLE}/vertex-ai/models/locations/{n.region}/models/{model_id}"
+            f"/versions/{version}{project}"
+        )
+    if n.endpoint:
+        endpoint_id = n.endpoint.rsplit("/", 1)[-1]
+        found["endpoint"] = (
+            f"{CONSOLE}/vertex-ai/locations/{n.region}/endpoints/{endpoint_id}{project}"
+        )
+    return found
+
+
+def document(n: Notification) -> dict[str, Any]:
+    """The Pub/Sub message: one flat JSON object per notification."""
+    return {
+        "kind": n.kind,
+        "pipeline": n.pipeline,
+        "run_id": n.run_id,
+        "job": n.job,
+        "state": n.state,
+        "data_uri": n.data_uri,
+        "duration_seconds": n.duration_seconds,
+        "metric_name": n.metric_name,
+        "metric": n.metric,
+        "champion_metric": n.champion_metric,
+        "model_version": n.model_version,
+        "endpoint": n.endpoint,
+        "canary_percent": n.canary_percent,
+        "reason": n.reason,
+        "error": n.error,
+        "log_tail": list(n.log_tail),
+        "links": links(n),
+        **n.extra,
+    }
+
+
+def text(n: Notification, tail_lines: int = 20) -> str:
+    """The webhook message: a headline, the facts, the log tail in a code block."""
+    lines = [f"[retrain] {n.pipeline}: run {n.run_id} {_TITLES.get(n.kind, n.kind)}"]
+    facts: Sequence[tuple[str, Any]] = (
+        ("job", n.job),
+        ("state", n.state),
+        ("data", n.data_uri),
+        ("duration", f"{n.duration_seconds:.0f}s" if n.duration_seconds is not None else None),
+        ("metric", _metric_text(n)),
+        ("model", n.model_version),
+        ("endpoint", n.endpoint),
+        ("canary", f"{n.canary_percent}% of traffic" if n.canary_percent else None),
+        ("reason", n.reason),
+        ("error", n.error),
+    )
+    lines += [f"{name}: {value}" for name, value in facts if value is not None]
+    lines += [f"{name}: {url}" for name, url in links(n).items()]
+    if n.log_tail:
+        lines += ["last log lines:", "```", *n.log_tail[-tail_lines:], "```"]
+    return "\n".join(lines)
+
+
+def _metric_text(n: Notification) -> str | None:
+    if n.metric is None:
+        return None
+    shown = f"{n.metric_name} = {n.metric:g}"
+    if n.champion_metric is not None:
+        shown += f" (champion {n.champion_metric:g})"
+    return shown
