@@ -22,9 +22,10 @@ from trainer.model import build_mlp
 from trainer.task import Hyperparameters, Outputs
 
 TRAIN_ROWS, TRAIN_FEATURES = 60_000, 32
-HP = Hyperparameters(epochs=4, batch_size=256, hidden_units=(128, 64), dropout=0.1, lr=1e-3)
+HP = Hyperparameters(epochs=3, batch_size=256, hidden_units=(128, 64), dropout=0.1, lr=1e-3)
 CSV_TARGET_BYTES = 100_000_000
 LOAD_REPEATS = 3
+ROUNDS = 3
 
 
 def run() -> str:
@@ -70,32 +71,41 @@ def _hand_written_rates(x: np.ndarray, y: np.ndarray, epochs: int) -> list[float
 
 def _training_throughput() -> str:
     x, y = _synthetic(TRAIN_ROWS, TRAIN_FEATURES)
+    train_rows = round(TRAIN_ROWS * (1 - HP.val_fraction))
+    trainer_rates: list[float] = []
+    baseline_rates: list[float] = []
+    run_seconds: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.csv"
         _write_csv(data, x, y)
-        out = io.StringIO()
-        run_started = time.perf_counter()
-        task.run(str(data), "label", Outputs(str(Path(tmp) / "model")), HP, out=out)
-        run_seconds = time.perf_counter() - run_started
-    trainer_rates = [float(r) for r in re.findall(r"samples_per_s=(\d+)", out.getvalue())]
-    train_rows = round(TRAIN_ROWS * (1 - HP.val_fraction))
-    baseline_rates = _hand_written_rates(x[:train_rows], y[:train_rows], HP.epochs)
-    trainer, baseline = statistics.median(trainer_rates[1:]), statistics.median(baseline_rates[1:])
+        # Alternate the two, so a busy spell on the shared machine hits both alike.
+        for _ in range(ROUNDS):
+            out = io.StringIO()
+            started = time.perf_counter()
+            task.run(str(data), "label", Outputs(str(Path(tmp) / "model")), HP, out=out)
+            run_seconds.append(time.perf_counter() - started)
+            rates = [float(r) for r in re.findall(r"samples_per_s=(\d+)", out.getvalue())]
+            trainer_rates += rates[1:]
+            baseline_rates += _hand_written_rates(x[:train_rows], y[:train_rows], HP.epochs)[1:]
+    trainer, baseline = statistics.median(trainer_rates), statistics.median(baseline_rates)
+    best_ratio = max(trainer_rates) / max(baseline_rates)  # least disturbed by other load
     ratio = trainer / baseline
     return (
         "## Trainer: CPU training throughput\n\n"
-        f"Samples/s of the training loop (median of epochs 2-{HP.epochs}; the first warms up) "
+        f"Samples/s of the training loop (median over {ROUNDS} alternating rounds of epochs "
+        f"2-{HP.epochs}; the first epoch warms up) "
         f"on {train_rows} rows x {TRAIN_FEATURES} numeric features, binary labels, MLP "
         f"{list(HP.hidden_units)}, batch {HP.batch_size}, AdamW, {torch.get_num_threads()} "
         "torch threads. Trainer: `trainer.task.run` on a CSV of the data (its own per-epoch "
         "figure, which covers the training steps; validation is timed apart). Baseline: a "
         "minimal hand-written loop over the same network and in-memory tensors.\n\n"
-        "| loop | samples/s |\n|---|---:|\n"
-        f"| hand-written baseline | {baseline:,.0f} |\n"
-        f"| trainer | {trainer:,.0f} |\n\n"
-        f"Ratio trainer/baseline: **{ratio:.2f}x** (target >= 0.9x). The whole `run` (CSV "
+        "| loop | median samples/s | best samples/s |\n|---|---:|---:|\n"
+        f"| hand-written baseline | {baseline:,.0f} | {max(baseline_rates):,.0f} |\n"
+        f"| trainer | {trainer:,.0f} | {max(trainer_rates):,.0f} |\n\n"
+        f"Ratio trainer/baseline: **{ratio:.2f}x** on medians, {best_ratio:.2f}x on best "
+        "epochs (target >= 0.9x). The whole `run` (CSV "
         f"parse, {HP.epochs} epochs with validation, ONNX export, outputs) took "
-        f"{run_seconds:.1f} s.\n"
+        f"{statistics.median(run_seconds):.1f} s (median).\n"
     )
 
 
