@@ -164,12 +164,13 @@ class FakeTraining:
     def get(self, name: str) -> JobInfo:
         return self.jobs[name]
 
-    def find(self, labels: Mapping[str, str]) -> list[JobInfo]:
+    def find(self, labels: Mapping[str, str], *, active_only: bool = False) -> list[JobInfo]:
         with self._lock:
             return [
                 j
                 for j in self.jobs.values()
                 if all(j.labels.get(k) == v for k, v in labels.items())
+                and not (active_only and j.terminal)
             ]
 
     def cancel(self, name: str) -> None:

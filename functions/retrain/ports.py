@@ -86,8 +86,8 @@ class TrainingService(Protocol):
 
     def get(self, name: str) -> JobInfo: ...
 
-    def find(self, labels: Mapping[str, str]) -> list[JobInfo]:
-        """Jobs carrying all of `labels`."""
+    def find(self, labels: Mapping[str, str], *, active_only: bool = False) -> list[JobInfo]:
+        """Jobs carrying all of `labels`; with `active_only`, only those not yet ended."""
 
     def cancel(self, name: str) -> None: ...
 

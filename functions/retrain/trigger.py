@@ -36,7 +36,7 @@ from retrain.planner import (
     plan_quiet_flush,
     plan_request,
 )
-from retrain.ports import TrainingService
+from retrain.ports import JobInfo, TrainingService
 
 CLAIM_LEASE = timedelta(seconds=120)  # a claim older than this without a job is abandoned
 DUPLICATE_WAIT_S = (0.2, 0.4, 0.8)  # how a duplicate waits for the claimant to finish
@@ -170,16 +170,21 @@ class Trigger:
         log = self._log.bind(pipeline=pipeline.name, run_id=run_id)
         training = self._training(config)
         current = Stored(record, generation, self._clock())
-        active = [
-            job
-            for job in training.find({PIPELINE_LABEL: label_value(pipeline.name)})
-            if not job.terminal and job.labels.get(RUN_LABEL) != label_value(run_id)
-        ]
+        active: list[JobInfo] = []
+        if config.guards.max_concurrent_jobs is not None:
+            active = [
+                job
+                for job in training.find(
+                    {PIPELINE_LABEL: label_value(pipeline.name)}, active_only=True
+                )
+                if job.labels.get(RUN_LABEL) != label_value(run_id)
+            ]
+        cooldown = pipeline.cooldown_seconds > 0
         decision = admit(
             pipeline,
             config,
             active_jobs=len(active),
-            last_submit_at=ledger.last_submit(pipeline.name),
+            last_submit_at=ledger.last_submit(pipeline.name) if cooldown else None,
             now=self._clock(),
         )
         if isinstance(decision, Wait):
@@ -215,7 +220,8 @@ class Trigger:
                 "wait_reason": None,
             },
         ) or self._raise_lost_update(run_id)
-        ledger.set_last_submit(pipeline.name, run_id, now)
+        if cooldown:
+            ledger.set_last_submit(pipeline.name, run_id, now)
         ledger.close(pipeline.name, run_id)
         log.info("job submitted", job_name=job.name, display_name=spec.display_name)
         return Outcome("submitted", spec.display_name, run_id, job.name)
@@ -279,7 +285,8 @@ class Trigger:
                 stored,
                 {"status": SUBMITTED, "job_name": job.name, "submitted_at": iso(self._clock())},
             )
-            ledger.set_last_submit(pipeline.name, run_id, self._clock())
+            if pipeline.cooldown_seconds:
+                ledger.set_last_submit(pipeline.name, run_id, self._clock())
             ledger.close(pipeline.name, run_id)
             log.warning("adopted job created by an interrupted delivery", job_name=job.name)
             return Outcome("adopted", "found by label", run_id, job.name)

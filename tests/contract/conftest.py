@@ -92,8 +92,9 @@ def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageServer]:
 class Cloud:
     """One isolated world: fresh buckets, a Vertex emulator, the served trigger function."""
 
-    def __init__(self, gcs: StorageServer, tmp: Path, quiet_seconds: int = 300):
+    def __init__(self, gcs: StorageServer, tmp: Path, quiet_seconds: int = 300, faults: bool = True):
         n = next(_ids)
+        tmp.mkdir(parents=True, exist_ok=True)
         self.landing, self.state, self.artifacts = f"landing-{n}", f"state-{n}", f"artifacts-{n}"
         self.gcs_client = storage.Client(
             project=PROJECT,
@@ -115,14 +116,16 @@ class Cloud:
         self.vertex = VertexServer(tmp / "vertex").start()
         self.vertex_faults = FaultProxy(self.vertex.url).start()
         self.gcs_faults = FaultProxy(gcs.url).start()
+        storage_url = self.gcs_faults.url if faults else gcs.url
+        vertex_url = self.vertex_faults.url if faults else self.vertex.url
         self.log_path = tmp / "trigger.log"
         self.function = FunctionServer(
             "trigger",
             env={
                 "RETRAIN_CONFIG": str(self.config_path),
                 "GOOGLE_CLOUD_PROJECT": PROJECT,
-                "STORAGE_EMULATOR_HOST": self.gcs_faults.url,
-                "VERTEX_API_ENDPOINT": self.vertex_faults.url,
+                "STORAGE_EMULATOR_HOST": storage_url,
+                "VERTEX_API_ENDPOINT": vertex_url,
             },
             log_path=self.log_path,
         ).start()

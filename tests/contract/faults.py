@@ -33,6 +33,7 @@ class FaultProxy:
     upstream: str  # http://host:port
     rules: list[Rule] = field(default_factory=list)
     port: int = 0
+    requests: int = 0  # requests relayed, for "requests per event" measurements
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -75,6 +76,8 @@ class FaultProxy:
             def _relay(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                with proxy._lock:
+                    proxy.requests += 1
                 rule = proxy._take(self.command, self.path, body)
                 if rule is not None and rule.hold is not None:
                     rule.hold.wait(timeout=60)

@@ -12,7 +12,7 @@ from typing import Any
 from retrain.adapters.errors import translated
 from retrain.errors import JobRejected
 from retrain.jobspec import JobSpec, WorkerPool
-from retrain.ports import JobInfo
+from retrain.ports import TERMINAL_STATES, JobInfo
 
 CALL_TIMEOUT_S = 60.0
 
@@ -43,8 +43,13 @@ class VertexTraining:
         with translated(f"get {name}"):
             return job_info(self.client.get_custom_job(name=name, timeout=CALL_TIMEOUT_S))
 
-    def find(self, labels: Mapping[str, str]) -> list[JobInfo]:
-        query = " AND ".join(f'labels.{key}="{value}"' for key, value in sorted(labels.items()))
+    def find(self, labels: Mapping[str, str], *, active_only: bool = False) -> list[JobInfo]:
+        clauses = [f'labels.{key}="{value}"' for key, value in sorted(labels.items())]
+        if active_only:
+            # Vertex filters `state` with = and !=: let the service drop ended jobs, so the
+            # answer stays small however many runs a pipeline has had.
+            clauses += [f'state!="{state}"' for state in sorted(TERMINAL_STATES)]
+        query = " AND ".join(clauses)
         with translated(f"list CustomJobs where {query}"):
             pager = self.client.list_custom_jobs(
                 request={"parent": self._parent, "filter": query}, timeout=CALL_TIMEOUT_S

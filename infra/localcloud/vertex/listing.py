@@ -16,9 +16,9 @@ T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
-# One `field = value` clause; the value is a double-quoted string or a bare word.
+# One `field = value` (or `!=`) clause; the value is a double-quoted string or a bare word.
 _CLAUSE = re.compile(
-    r"""\s*(?P<field>labels\.[A-Za-z0-9_.-]+|[A-Za-z_]+)\s*=\s*
+    r"""\s*(?P<field>labels\.[A-Za-z0-9_.-]+|[A-Za-z_]+)\s*(?P<op>!?=)\s*
         (?:"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<bare>[^\s"()]+))\s*""",
     re.VERBOSE,
 )
@@ -29,6 +29,7 @@ _AND = re.compile(r"AND\b", re.IGNORECASE)
 class Clause:
     field: str  # "labels.<key>", "state" or "display_name"
     value: str
+    negated: bool = False  # `!=`: Vertex supports it for state, labels and display_name
 
 
 def parse_filter(text: str, allowed: Sequence[str]) -> list[Clause]:
@@ -62,7 +63,7 @@ def parse_filter(text: str, allowed: Sequence[str]) -> list[Clause]:
             )
         quoted = match["quoted"]
         value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else match["bare"]
-        clauses.append(Clause(field=field_name, value=value))
+        clauses.append(Clause(field=field_name, value=value, negated=match["op"] == "!="))
         position = match.end()
     return clauses
 
@@ -72,10 +73,10 @@ def matches(clauses: Sequence[Clause], fields: Callable[[str], Any]) -> bool:
     "labels", a string otherwise)."""
     for clause in clauses:
         if clause.field.startswith("labels."):
-            labels = fields("labels")
-            if labels.get(clause.field.removeprefix("labels.")) != clause.value:
-                return False
-        elif fields(clause.field) != clause.value:
+            actual = fields("labels").get(clause.field.removeprefix("labels."))
+        else:
+            actual = fields(clause.field)
+        if (actual == clause.value) == clause.negated:
             return False
     return True
 
