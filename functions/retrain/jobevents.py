@@ -30,7 +30,7 @@ from typing import Any
 
 from retrain import notify
 from retrain.config import Config, Pipeline
-from retrain.errors import InvalidEvent, PermanentError, TransientError
+from retrain.errors import ConfigError, InvalidEvent, PermanentError, TransientError
 from retrain.events import Event, JobEnded, Tick, Unhandled
 from retrain.gate import deploy_split, judge, read_metric, without
 from retrain.jobspec import PIPELINE_LABEL, RUN_LABEL, build_job, label_value
@@ -193,7 +193,7 @@ class JobEvents:
         handling = _Handling(config, pipeline, job, run_id, record, claim, log)
         try:
             outcome = self._dispatch(handling)
-        except TransientError:
+        except (TransientError, ConfigError):
             # Release the lease so that the redelivery may take over at once.
             self._step(handling, {"lease_until": None}, strict=False)
             raise

@@ -27,6 +27,7 @@ from localcloud.storage import StorageServer
 from localcloud.vertex.images import ImageCommands
 from localcloud.vertex.runtime_local import LocalJobRuntime, LocalModelRuntime
 from localcloud.vertex.server import VertexServer
+from localcloud.webhook import WebhookSink
 
 DEFAULT_PROJECT = "localcloud"
 GCS_TOPIC = "gcs-notifications"
@@ -63,6 +64,7 @@ class Stack:
         self.vertex: VertexServer | None = None
         self.storage: StorageServer | None = None
         self.pubsub: PubSubServer | None = None
+        self.webhook: WebhookSink | None = None
 
     # lifecycle ---------------------------------------------------------------------------
     def up(self) -> dict[str, str]:
@@ -138,13 +140,27 @@ class Stack:
             "GOOGLE_CLOUD_PROJECT": self.project,
             "RETRAIN_CONFIG": str(config_path),
         }
+        # Webhook URLs the config names but nobody set go to a local receiver.
+        function_env = {**self.env, **self.options.extra_env}
+        unset = [
+            p.notify.webhook_env
+            for p in config.pipelines.values()
+            if p.notify
+            and p.notify.webhook_env
+            and p.notify.webhook_env not in function_env
+            and p.notify.webhook_env not in os.environ
+        ]
+        if unset:
+            self.webhook = WebhookSink(logs_dir / "webhook.jsonl").start()
+            self._stop.append(self.webhook.stop)
+            function_env.update({name: self.webhook.url for name in unset})
+            self._progress(f"webhook notifications ({', '.join(unset)}) go to {self.webhook.path}")
+
         self._progress("starting the functions (functions-framework)")
         functions = {}
         for target in ("trigger", "on_job_event"):
             server = FunctionServer(
-                target,
-                env={**self.env, **self.options.extra_env},
-                log_path=logs_dir / f"{target}.log",
+                target, env=function_env, log_path=logs_dir / f"{target}.log"
             ).start()
             self._stop.append(server.stop)
             functions[target] = server.url

@@ -105,7 +105,7 @@ def run_demo(directory: Path, *, twice: bool, epochs: int | None, timeout: float
         for batch in batches:
             result = demo.run_batch(batch)
             if result.kind == "deployed" or (results and result.kind == "rejected"):
-                result.accuracy = demo.predict_accuracy(held_out)
+                result.accuracy, result.stages["first predict"] = demo.predict_accuracy(held_out)
             results.append(result)
         _summary(results, started)
         first = results[0]
@@ -278,7 +278,12 @@ class _Demo:
 
         try:
             response = self.subscriber.pull(
-                request={"subscription": self.subscriptions[topic], "max_messages": 50}, timeout=5
+                request={
+                    "subscription": self.subscriptions[topic],
+                    "max_messages": 50,
+                    "return_immediately": True,  # the follow loop polls; never block it
+                },
+                timeout=5,
             )
         except exceptions.DeadlineExceeded:
             return []
@@ -291,7 +296,8 @@ class _Demo:
             )
         return [m.message for m in response.received_messages]
 
-    def predict_accuracy(self, held_out: list[dict[str, Any]]) -> float:
+    def predict_accuracy(self, held_out: list[dict[str, Any]]) -> tuple[float, float]:
+        """Held-out accuracy through the endpoint, and the seconds the predict call took."""
         from localcloud.runs import predict
 
         instances = [{k: v for k, v in row.items() if k != "digit"} for row in held_out]
@@ -307,7 +313,7 @@ class _Demo:
             f"predicted {len(held_out)} held-out rows through the endpoint in {took:.2f}s: "
             f"accuracy {accuracy:.3f} (model version {answer.get('model_version_id')})"
         )
-        return accuracy
+        return accuracy, took
 
 
 def _ts(text: str | None) -> float | None:
