@@ -27,9 +27,9 @@ from typing import Any
 import requests
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform_v1, storage
-
 from localcloud.functions import FunctionServer
 from localcloud.storage import StorageServer
+
 from tests.contract.conftest import PROJECT, Cloud
 
 ROUNDS = 5
@@ -80,7 +80,9 @@ def _peak_rss_mib(pid: int) -> float:
     return max(peaks) if peaks else float("nan")
 
 
-def _cold_once(cloud: Cloud, delivery: tuple[dict[str, str], Any], log: Path) -> tuple[float, float]:
+def _cold_once(
+    cloud: Cloud, delivery: tuple[dict[str, str], Any], log: Path
+) -> tuple[float, float]:
     """Seconds from process start to the delivery answered 2xx, and the peak RSS."""
     env = dict(cloud.function.env)
     server = FunctionServer("trigger", env=env, log_path=log)
@@ -90,7 +92,9 @@ def _cold_once(cloud: Cloud, delivery: tuple[dict[str, str], Any], log: Path) ->
     url = server.url
     while True:
         try:
-            response = requests.post(url, headers=delivery[0], data=json.dumps(delivery[1]), timeout=30)
+            response = requests.post(
+                url, headers=delivery[0], data=json.dumps(delivery[1]), timeout=30
+            )
             if response.status_code < 300:
                 break
         except requests.ConnectionError:
@@ -125,14 +129,16 @@ def _cold_start(gcs: StorageServer, tmp: Path) -> str:
             seconds, peak = _cold_once(cloud, cloud.finalize(f"clicks/cold-{n}.csv"), tmp / "c.log")
             recorded.append(seconds)
             rss.append(peak)
-            seconds, _ = _cold_once(cloud, cloud.message({"pipeline": "events"}, f"cold-{n}"), tmp / "c.log")
+            seconds, _ = _cold_once(
+                cloud, cloud.message({"pipeline": "events"}, f"cold-{n}"), tmp / "c.log"
+            )
             submitted.append(seconds)
     finally:
         cloud.stop()
     base = _median(sdk)
     return (
         "## Trigger: cold start\n\n"
-        f"Median of {ROUNDS} fresh processes. Baseline: `python -c \"from google.cloud import aiplatform\"` "
+        f'Median of {ROUNDS} fresh processes. Baseline: `python -c "from google.cloud import aiplatform"` '
         "(the high-level SDK's import alone), timed in the same run. The function path is process "
         "start → functions-framework serving → first delivery answered 2xx.\n\n"
         "| path | seconds | ratio to SDK import | target |\n|---|---:|---:|---|\n"
@@ -152,7 +158,9 @@ def _warm(gcs: StorageServer, tmp: Path) -> str:
 
         def post(delivery: tuple[dict[str, str], Any]) -> float:
             started = time.perf_counter()
-            response = session.post(cloud.function.url, headers=delivery[0], data=json.dumps(delivery[1]), timeout=30)
+            response = session.post(
+                cloud.function.url, headers=delivery[0], data=json.dumps(delivery[1]), timeout=30
+            )
             assert response.status_code < 300, response.status_code
             return time.perf_counter() - started
 
