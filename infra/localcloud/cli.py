@@ -232,7 +232,7 @@ def _apply_env(directory: Path) -> dict[str, str]:
 
 
 def _storage(env: dict[str, str]) -> Any:
-    from google.cloud import storage  # type: ignore[attr-defined]
+    from google.cloud import storage
 
     project = env.get("GOOGLE_CLOUD_PROJECT") or None
     if env.get("STORAGE_EMULATOR_HOST"):

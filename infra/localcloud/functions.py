@@ -64,7 +64,7 @@ class FunctionServer:
                 self.host,
                 "--port",
                 str(self.port),
-            ],  # fmt: skip
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

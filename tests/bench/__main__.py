@@ -1,7 +1,7 @@
 """Run the benchmarks and write docs/benchmarks.md.
 
-    python -m tests.bench            # all of them
-    python -m tests.bench trainer    # only modules whose name contains "trainer"
+python -m tests.bench            # all of them
+python -m tests.bench trainer    # only modules whose name contains "trainer"
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+    )
 
 
 def main(argv: list[str]) -> int:

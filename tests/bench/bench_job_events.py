@@ -26,6 +26,7 @@ from typing import Any
 
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform_v1 as v1
+
 from localcloud.procs import free_port, wait_until
 from localcloud.storage import StorageServer
 from localcloud.vertex.runtime import DeployedServer
@@ -37,7 +38,6 @@ from retrain.jobevents import JobEvents
 from retrain.ledger import Ledger
 from retrain.logs import Logger
 from retrain.settings import Settings
-
 from tests.contract.jobevents_fixtures import PROJECT, REGION, JobCloud, Webhook, _csv
 
 ROUNDS = 7
@@ -143,6 +143,7 @@ def _rounds(cloud: JobCloud) -> str:
     handled: dict[str, list[float]] = {"notify": [], "deploy": []}
     bare: dict[str, list[float]] = {"notify": [], "deploy": []}
     import requests
+
     from retrain.jobevents import JobEnded
 
     for i in range(ROUNDS):

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from google.cloud import pubsub_v1
+
 from localcloud.pubsub import PubSubServer
 
 N = 2000

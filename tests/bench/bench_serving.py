@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from localcloud.procs import free_port, stop_process, wait_until
 from sklearn.datasets import load_digits
 
+from localcloud.procs import free_port, stop_process, wait_until
 from trainer.features import columns_from_instances, encode_features
 from trainer.serving import Model
 from trainer.task import Hyperparameters, Outputs

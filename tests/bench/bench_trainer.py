@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from localcloud.storage import StorageServer
 from torch import nn
 
+from localcloud.storage import StorageServer
 from trainer import task
 from trainer.data import data_files, load_shard
 from trainer.model import build_mlp

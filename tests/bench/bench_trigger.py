@@ -27,9 +27,9 @@ from typing import Any
 import requests
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform_v1, storage
+
 from localcloud.functions import FunctionServer
 from localcloud.storage import StorageServer
-
 from tests.contract.conftest import PROJECT, Cloud
 
 ROUNDS = 5

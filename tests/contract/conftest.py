@@ -15,10 +15,10 @@ import pytest
 import requests
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform_v1, storage
+
 from localcloud.functions import FunctionServer
 from localcloud.storage import StorageServer
 from localcloud.vertex.server import VertexServer
-
 from tests.contract.faults import FaultProxy
 
 PROJECT = "acme-ml"
@@ -92,7 +92,9 @@ def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageServer]:
 class Cloud:
     """One isolated world: fresh buckets, a Vertex emulator, the served trigger function."""
 
-    def __init__(self, gcs: StorageServer, tmp: Path, quiet_seconds: int = 300, faults: bool = True):
+    def __init__(
+        self, gcs: StorageServer, tmp: Path, quiet_seconds: int = 300, faults: bool = True
+    ):
         n = next(_ids)
         tmp.mkdir(parents=True, exist_ok=True)
         self.landing, self.state, self.artifacts = f"landing-{n}", f"state-{n}", f"artifacts-{n}"

@@ -22,6 +22,7 @@ import pytest
 import requests
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform_v1, storage
+
 from localcloud.functions import FunctionServer
 from localcloud.logging_api import LoggingServer
 from localcloud.logstore import LogStore

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from google.cloud import aiplatform_v1, pubsub_v1
+
 from localcloud.demo.run import make_data, split
 from localcloud.procs import free_port
 from localcloud.runs import load_config, predict, run_records, storage, vertex_kwargs

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import pubsub_v1, storage
+
 from localcloud.eventarc import EventarcBridge, Route, connect, to_cloudevent
 from localcloud.procs import free_port, port_is_open, stop_process, wait_until
 from localcloud.pubsub import PubSubServer

@@ -17,6 +17,7 @@ from google.api_core.exceptions import BadRequest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import logging as gcl
 from google.cloud.logging import Resource
+
 from localcloud.errors import LocalCloudError
 from localcloud.logfilter import FilterSyntaxError, compile_filter
 from localcloud.logging_api import LoggingServer

@@ -17,6 +17,7 @@ import pytest
 from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import pubsub_v1, storage
+
 from localcloud.pubsub import PubSubServer
 from localcloud.storage import StorageServer
 

@@ -16,6 +16,7 @@ from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform_v1
 from google.protobuf import duration_pb2, field_mask_pb2, json_format, struct_pb2
+
 from localcloud.errors import LocalCloudError
 from localcloud.logstore import LogStore
 from localcloud.vertex.runtime import DeployedServer, JobUpdate

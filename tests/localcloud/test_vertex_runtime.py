@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from google.cloud import aiplatform_v1
+
 from localcloud.errors import LocalCloudError
 from localcloud.logstore import LogStore
 from localcloud.procs import port_is_open, wait_until

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from localcloud.storage import StorageServer
 from sklearn.datasets import load_digits
 
+from localcloud.storage import StorageServer
 from trainer.task import Hyperparameters, Outputs, TrainingResult, run
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from localcloud.procs import free_port, stop_process, wait_until
 
+from localcloud.procs import free_port, stop_process, wait_until
 from tests.trainer.conftest import DIGITS_HP, PYTHON, child_env, digits_csv, make_bucket
 from trainer.task import Outputs, TrainingResult, run
 

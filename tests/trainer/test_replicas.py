@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from localcloud.procs import free_port
 
+from localcloud.procs import free_port
 from tests.trainer.conftest import PYTHON, child_env, digits_csv
 from trainer import checkpoints
 from trainer.errors import ReplicaError

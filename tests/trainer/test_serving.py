@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from localcloud.procs import free_port, stop_process, wait_until
 
+from localcloud.procs import free_port, stop_process, wait_until
 from tests.trainer.conftest import PYTHON, child_env
 from trainer.serving import MAX_BODY_BYTES, PredictionApp, Settings
 from trainer.table import parse_csv

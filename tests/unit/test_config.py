@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from retrain.config import parse_config
 from retrain.errors import ConfigError
-
 from tests.fakes import SAMPLE_CONFIG
 
 
@@ -81,5 +81,5 @@ def test_invalid_config_names_file_and_key(old, new, message):
 def test_invalid_toml_and_empty_config():
     with pytest.raises(ConfigError, match="not valid TOML"):
         parse_config("[defaults\n", "bad.toml")
-    with pytest.raises(ConfigError, match="defaults.state_uri: is required"):
+    with pytest.raises(ConfigError, match=r"defaults\.state_uri: is required"):
         parse_config("[pipelines]\n", "empty.toml")

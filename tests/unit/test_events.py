@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from retrain.errors import InvalidEvent
 from retrain.events import (
     JobEnded,
@@ -14,7 +15,6 @@ from retrain.events import (
     Unhandled,
     parse,
 )
-
 from tests.payloads import load, pubsub_body
 
 PUBSUB = {"type": "google.cloud.pubsub.topic.v1.messagePublished", "id": "m-1"}

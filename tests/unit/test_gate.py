@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from retrain.config import Deploy
 from retrain.gate import NEW_MODEL, deploy_split, judge, read_metric, without
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
 from retrain.config import parse_config
 from retrain.errors import InvalidEvent, PermanentError, TransientError
 from retrain.events import JobEnded, RetrainRequested, Tick
@@ -30,7 +31,6 @@ from retrain.ports import (
     Prediction,
     VersionSpec,
 )
-
 from tests.fakes import SAMPLE_CONFIG, FakeTraining, MemoryStateStore
 
 CONFIG = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from retrain.config import parse_config
 from retrain.events import ObjectFinalized, RetrainRequested
 from retrain.jobspec import build_job
@@ -21,7 +22,6 @@ from retrain.planner import (
     plan_quiet_flush,
     plan_request,
 )
-
 from tests.fakes import SAMPLE_CONFIG
 
 CONFIG = parse_config(SAMPLE_CONFIG, "pipelines.toml")

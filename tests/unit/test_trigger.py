@@ -8,13 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from retrain.config import parse_config
 from retrain.errors import InvalidRequest, TransientError
 from retrain.events import ObjectFinalized, RetrainRequested, Tick
 from retrain.ledger import Ledger
 from retrain.logs import Logger
 from retrain.trigger import Trigger
-
 from tests.fakes import SAMPLE_CONFIG, FakeTraining, MemoryStateStore
 
 
