@@ -23,7 +23,7 @@ $(CHECKOV_STAMP): infra/terraform/requirements-checkov.txt
 	@touch $(CHECKOV_STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/retrain local demo
+	$(VENV)/bin/retrain local demo --twice
 
 test: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest tests --ignore=tests/bench
