@@ -211,11 +211,8 @@ class _Demo:
                 kind = doc.get("kind")
                 if str(doc.get("run") or doc.get("run_id") or "") != result.run_id:
                     continue
-                self.say(
-                    f"notification: {kind} — {doc.get('summary') or doc.get('text') or ''}".rstrip(
-                        " —"
-                    )
-                )
+                self.say(f"Pub/Sub notification: {kind}")
+                self._show_webhook(result.run_id)
                 if kind in TERMINAL_KINDS:
                     self._finish(
                         result, doc, job, dropped_at, routed_at, message.publish_time.timestamp()
@@ -256,6 +253,23 @@ class _Demo:
         if routed_at:
             result.stages[f"routed -> {result.kind}"] = notified_at - routed_at
         result.stages["drop -> outcome"] = notified_at - dropped_at
+
+    def _show_webhook(self, run_id: str) -> None:
+        """What a Slack or Chat channel received for this run (localcloud's webhook sink)."""
+        sink = self.stack.webhook
+        if sink is None:
+            return
+        links = ("job: http", "logs: http", "model: http", "endpoint: http")
+        deadline = time.monotonic() + 3  # both channels are sent by one delivery
+        while time.monotonic() < deadline:
+            for message in sink.received():
+                text = str(message.get("text", "")) if isinstance(message, dict) else ""
+                if run_id in text:
+                    lines = [line for line in text.splitlines() if not line.startswith(links)]
+                    body = "\n".join(f"           | {line}" for line in lines)
+                    self.say(f"webhook message:\n{body}")
+                    return
+            time.sleep(0.1)
 
     def _print_job_lines(self, job_id: str, seen: set[str]) -> None:
         store = self.stack.log_store
@@ -326,6 +340,10 @@ def _pb_ts(value: Any) -> float | None:
     return float(value.timestamp())
 
 
+def _num(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else str(value or "none")
+
+
 def _summary(results: list[RunResult], started: float) -> None:
     print("\nsummary")
     for result in results:
@@ -333,7 +351,8 @@ def _summary(results: list[RunResult], started: float) -> None:
             f"  {result.batch}: run {result.run_id}, job {result.job.rsplit('/', 1)[-1]}, state {result.state}"
         )
         print(f"    outcome: {result.kind}" + (f" ({result.detail})" if result.detail else ""))
-        print(f"    validation metric: {result.metric}   champion before: {result.champion_metric}")
+        metric, champion = _num(result.metric), _num(result.champion_metric)
+        print(f"    validation metric: {metric}   champion before: {champion}")
         print(f"    model version: {result.version}   endpoint: {result.endpoint}")
         if result.accuracy is not None:
             print(f"    accuracy on held-out rows through the endpoint: {result.accuracy:.3f}")
