@@ -73,6 +73,7 @@ class Deploy:
     health_route: str = "/health"
     predict_route: str = "/predict"
     port: int = 8080
+    service_account: str | None = None  # what the deployed model runs as
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,7 @@ def _deploy(t: _Table) -> Deploy:
         health_route=t.text("health_route", "/health"),
         predict_route=t.text("predict_route", "/predict"),
         port=t.integer("port", 8080, minimum=1, maximum=65535),
+        service_account=t.opt_str("service_account"),
     )
     t.done()
     return deploy

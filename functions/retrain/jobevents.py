@@ -356,6 +356,7 @@ class JobEvents:
                     version,
                     deploy.machine_type,
                     deploy_split(previous, canary or 100),
+                    deploy.service_account,
                 )
             except DeployFailed as err:
                 return self._rolled_back(h, version, endpoint.name, f"deploy failed: {err}")

@@ -181,10 +181,16 @@ class Endpoints(Protocol):
     def get(self, name: str) -> EndpointState: ...
 
     def deploy(
-        self, endpoint: str, version: ModelVersion, machine_type: str, traffic: Mapping[str, int]
+        self,
+        endpoint: str,
+        version: ModelVersion,
+        machine_type: str,
+        traffic: Mapping[str, int],
+        service_account: str | None = None,
     ) -> str:
-        """The new deployed model's id; `traffic` key "0" is the version being deployed.
-        Raises DeployFailed when the model cannot serve."""
+        """The new deployed model's id; `traffic` key "0" is the version being deployed;
+        the model runs as `service_account` when given. Raises DeployFailed when the model
+        cannot serve."""
 
     def undeploy(self, endpoint: str, deployed_id: str, traffic: Mapping[str, int]) -> None:
         """`traffic` is the split of the models that remain."""

@@ -22,7 +22,7 @@ from retrain.config import Config, Pipeline
 from retrain.errors import InvalidRequest, TransientError
 from retrain.events import Event, ObjectFinalized, RetrainRequested, Tick
 from retrain.jobspec import PIPELINE_LABEL, RUN_LABEL, build_job, label_value
-from retrain.ledger import CLAIMED, SUBMITTED, WAITING, Ledger, iso, parse_iso
+from retrain.ledger import CLAIMED, SUBMITTED, WAITING, Ledger, iso, parse_iso, plan_from_record
 from retrain.logs import Logger
 from retrain.planner import (
     Ignore,
@@ -197,7 +197,7 @@ class Trigger:
                 )
             log.info("run waiting", reason=decision.reason)
             return Outcome("waiting", decision.reason, run_id)
-        plan = _plan_from_record(record)
+        plan = plan_from_record(record)
         spec = build_job(pipeline, plan, config.defaults.output_uri)
         try:
             job = training.submit(spec)
@@ -300,17 +300,3 @@ class Trigger:
             raise TransientError(f"run {run_id} was taken over by another delivery")
         log.warning("taking over an abandoned claim")
         return self._admit_and_submit(pipeline, taken.doc, taken.generation, config)
-
-
-def _plan_from_record(record: dict[str, Any]) -> RunPlan:
-    return RunPlan(
-        pipeline=record["pipeline"],
-        run_id=record["run_id"],
-        trigger=record["trigger"],
-        data_uri=record["data_uri"],
-        hyperparameters=dict(record.get("hyperparameters") or {}),
-        objects=tuple(record.get("objects") or ()),
-        covers_folder=record.get("covers_folder"),
-        events=tuple(record.get("events") or ()),
-        reason=record.get("reason"),
-    )

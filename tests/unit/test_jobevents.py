@@ -40,6 +40,7 @@ CONFIG = (
 model = "churn"
 endpoint = "churn"
 serving_image_uri = "us-docker.pkg.dev/acme-ml/retrain/serving:latest"
+service_account = "serving@acme-ml.iam.gserviceaccount.com"
 metric = "val_accuracy"
 min_value = 0.8
 must_beat_champion = true
@@ -103,6 +104,7 @@ class FakeEndpoints:
         self.lock = threading.Lock()
         self.state: EndpointState | None = None
         self.deploys: list[tuple[str, dict[str, int]]] = []
+        self.service_accounts: list[str | None] = []
         self.ids = itertools.count(100)
         self.broken: set[str] = set()  # version names whose smoke test fails
         self.undeployable: set[str] = set()  # version names whose deploy fails
@@ -118,8 +120,9 @@ class FakeEndpoints:
         assert self.state is not None
         return self.state
 
-    def deploy(self, endpoint, version, machine_type, traffic) -> str:
+    def deploy(self, endpoint, version, machine_type, traffic, service_account=None) -> str:
         with self.lock:
+            self.service_accounts.append(service_account)
             self.deploys.append((version.name, dict(traffic)))
             if version.name in self.undeployable:
                 raise DeployFailed("serving container exited with code 1")
@@ -266,6 +269,7 @@ def test_a_good_model_is_registered_deployed_made_champion_and_announced():
     (version,) = world.registry.versions
     assert version.aliases == ("champion",)
     assert world.endpoints.serving() == {"100": 100}
+    assert world.endpoints.service_accounts == ["serving@acme-ml.iam.gserviceaccount.com"]
     (note,) = world.notifier.sent
     assert note["kind"] == "deployed" and note["metric"] == 0.93
     assert note["model_version"] == version.name and note["endpoint"] == FakeEndpoints.NAME

@@ -6,6 +6,7 @@ anonymous credentials and, for Vertex, the REST transport: localcloud needs no a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from retrain.settings import Settings
@@ -33,3 +34,21 @@ def vertex_client_kwargs(settings: Settings, region: str) -> dict[str, Any]:
             "client_options": {"api_endpoint": endpoint},
         }
     return {"client_options": {"api_endpoint": endpoint or f"{region}-aiplatform.googleapis.com"}}
+
+
+class VertexAdapter:
+    """Base of the Vertex AI adapters: one location, GAPIC clients built on first use
+    (importing `aiplatform_v1` costs about a second; paths that never call Vertex skip it)."""
+
+    def __init__(self, project: str, region: str, client_kwargs: Mapping[str, Any]):
+        self._parent = f"projects/{project}/locations/{region}"
+        self._client_kwargs = dict(client_kwargs)
+        self._clients: dict[str, Any] = {}
+
+    def _vertex(self, name: str) -> Any:
+        """The `aiplatform_v1.<name>` client of this adapter."""
+        if name not in self._clients:
+            from google.cloud import aiplatform_v1
+
+            self._clients[name] = getattr(aiplatform_v1, name)(**self._client_kwargs)
+        return self._clients[name]

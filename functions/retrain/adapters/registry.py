@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from retrain.adapters.clients import VertexAdapter
 from retrain.adapters.errors import translated
 from retrain.ports import (
     Deployed,
@@ -26,19 +27,10 @@ CALL_TIMEOUT_S = 60.0
 OPERATION_TIMEOUT_S = 1800.0  # deploying on Vertex AI takes minutes
 
 
-class VertexRegistry:
-    def __init__(self, project: str, region: str, client_kwargs: Mapping[str, Any]):
-        self._parent = f"projects/{project}/locations/{region}"
-        self._client_kwargs = dict(client_kwargs)
-        self._client: Any = None
-
+class VertexRegistry(VertexAdapter):
     @property
     def client(self) -> Any:
-        if self._client is None:
-            from google.cloud import aiplatform_v1
-
-            self._client = aiplatform_v1.ModelServiceClient(**self._client_kwargs)
-        return self._client
+        return self._vertex("ModelServiceClient")
 
     def _model(self, model_id: str) -> str:
         return f"{self._parent}/models/{model_id}"
@@ -130,28 +122,14 @@ def model_version(model: Any) -> ModelVersion:
     )
 
 
-class VertexEndpoints:
-    def __init__(self, project: str, region: str, client_kwargs: Mapping[str, Any]):
-        self._parent = f"projects/{project}/locations/{region}"
-        self._client_kwargs = dict(client_kwargs)
-        self._endpoints: Any = None
-        self._predictions: Any = None
-
+class VertexEndpoints(VertexAdapter):
     @property
     def client(self) -> Any:
-        if self._endpoints is None:
-            from google.cloud import aiplatform_v1
-
-            self._endpoints = aiplatform_v1.EndpointServiceClient(**self._client_kwargs)
-        return self._endpoints
+        return self._vertex("EndpointServiceClient")
 
     @property
     def prediction(self) -> Any:
-        if self._predictions is None:
-            from google.cloud import aiplatform_v1
-
-            self._predictions = aiplatform_v1.PredictionServiceClient(**self._client_kwargs)
-        return self._predictions
+        return self._vertex("PredictionServiceClient")
 
     def ensure(self, endpoint_id: str, display_name: str) -> EndpointState:
         from google.api_core.exceptions import AlreadyExists, NotFound
@@ -182,7 +160,12 @@ class VertexEndpoints:
         return endpoint_state(self.client.get_endpoint(name=name, timeout=CALL_TIMEOUT_S))
 
     def deploy(
-        self, endpoint: str, version: ModelVersion, machine_type: str, traffic: Mapping[str, int]
+        self,
+        endpoint: str,
+        version: ModelVersion,
+        machine_type: str,
+        traffic: Mapping[str, int],
+        service_account: str | None = None,
     ) -> str:
         from google.api_core.exceptions import GoogleAPICallError
         from google.cloud import aiplatform_v1 as v1
@@ -195,6 +178,7 @@ class VertexEndpoints:
                 min_replica_count=1,
                 max_replica_count=1,
             ),
+            service_account=service_account or "",
         )
         with translated(f"deploy {version.name} to {endpoint}"):
             operation = self.client.deploy_model(

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from retrain.adapters.clients import VertexAdapter
 from retrain.adapters.errors import translated
 from retrain.errors import JobRejected
 from retrain.jobspec import JobSpec, WorkerPool
@@ -17,19 +18,10 @@ from retrain.ports import TERMINAL_STATES, JobInfo
 CALL_TIMEOUT_S = 60.0
 
 
-class VertexTraining:
-    def __init__(self, project: str, region: str, client_kwargs: Mapping[str, Any]):
-        self._parent = f"projects/{project}/locations/{region}"
-        self._client_kwargs = dict(client_kwargs)
-        self._client: Any = None
-
+class VertexTraining(VertexAdapter):
     @property
     def client(self) -> Any:
-        if self._client is None:
-            from google.cloud import aiplatform_v1
-
-            self._client = aiplatform_v1.JobServiceClient(**self._client_kwargs)
-        return self._client
+        return self._vertex("JobServiceClient")
 
     def submit(self, spec: JobSpec) -> JobInfo:
         job = _custom_job(spec)
