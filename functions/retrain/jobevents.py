@@ -382,7 +382,12 @@ class JobEvents:
             })  # fmt: skip
         else:
             self._promote(endpoints, endpoint.name, deployed_id)
-        h.changes = {"model_version": version.name, "endpoint": endpoint.name}
+        h.changes = {
+            "model_version": version.name,
+            "endpoint": endpoint.name,
+            "metric": version.metric,
+            "champion_metric": h.claim.doc.get("champion_metric"),
+        }
         message = self._notification(
             h,
             notify.DEPLOYED,
@@ -464,6 +469,7 @@ class JobEvents:
         champion_metric: float | None = None,
     ) -> Outcome:
         deploy = h.pipeline.deploy
+        h.changes = {"metric": value, "champion_metric": champion_metric}
         message = self._notification(
             h,
             notify.REJECTED,

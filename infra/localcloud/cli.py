@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--pipeline")
+    runs.add_argument("--watch", action="store_true", help="redraw the table live until Ctrl-C")
     runs.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     runs.set_defaults(func=cmd_runs)
 
@@ -232,7 +233,7 @@ def _apply_env(directory: Path) -> dict[str, str]:
 
 
 def _storage(env: dict[str, str]) -> Any:
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]
 
     project = env.get("GOOGLE_CLOUD_PROJECT") or None
     if env.get("STORAGE_EMULATOR_HOST"):
@@ -309,9 +310,14 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from localcloud.runs import list_runs, print_runs
+    from localcloud.runs import list_runs, print_runs, watch_runs
 
     env = _apply_env(args.dir)
+    if args.watch:
+        try:
+            watch_runs(env, args.pipeline)
+        except KeyboardInterrupt:
+            return 0
     print_runs(list_runs(env, pipeline=args.pipeline))
     return 0
 

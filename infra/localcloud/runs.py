@@ -88,10 +88,8 @@ def list_runs(env: Mapping[str, str], pipeline: str | None = None) -> list[dict[
                 state = job.state.name.removeprefix("JOB_STATE_")
             except Exception as err:  # a row must still print when one job cannot be read
                 state = f"? ({type(err).__name__})"
-        for key in ("metric", "metric_value", "val_accuracy"):
-            if record.get(key) is not None:
-                metric = str(record[key])
-                break
+        if isinstance(record.get("metric"), int | float):
+            metric = f"{record['metric']:.4f}"
         rows.append(
             {
                 "pipeline": record.get("pipeline", "?"),
@@ -101,15 +99,14 @@ def list_runs(env: Mapping[str, str], pipeline: str | None = None) -> list[dict[
                 "job": (record.get("job_name") or "-").rsplit("/", 1)[-1],
                 "state": state if record.get("job_name") else record.get("status", "?"),
                 "metric": metric,
-                "version": str(record.get("model_version") or "-"),
+                "version": str(record.get("model_version") or "-").rsplit("/", 1)[-1],
                 "outcome": str(record.get("outcome") or record.get("deployed") or "-"),
             }
         )
     return rows
 
 
-def print_runs(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
+def runs_table(rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
     table = Table(title="runs")
@@ -128,7 +125,26 @@ def print_runs(rows: list[dict[str, Any]]) -> None:
         table.add_column(column)
     for row in rows:
         table.add_row(*(row[c] for c in columns))
-    Console().print(table if rows else "no runs yet")
+    return table
+
+
+def print_runs(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+
+    Console().print(runs_table(rows) if rows else "no runs yet")
+
+
+def watch_runs(env: Mapping[str, str], pipeline: str | None, interval_s: float = 2.0) -> None:
+    """The runs table, redrawn in place until Ctrl-C: a live view of runs as they go from
+    claimed to submitted, running, and their outcome."""
+    import time
+
+    from rich.live import Live
+
+    with Live(runs_table(list_runs(env, pipeline)), refresh_per_second=4) as live:
+        while True:
+            time.sleep(interval_s)
+            live.update(runs_table(list_runs(env, pipeline)))
 
 
 def endpoint_name(env: Mapping[str, str], config: Any, pipeline: str) -> str:
