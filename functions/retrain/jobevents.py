@@ -182,9 +182,7 @@ class JobEvents:
             log.info("job ignored", reason=f"job is {job.state}")
             return Outcome("ignored", f"job is {job.state}", run_id, job.name)
         jobs = self._jobs(config)
-        if jobs.is_done(pipeline.name, job.job_id):
-            log.info("duplicate delivery: job end already handled")
-            return Outcome("duplicate", "already handled", run_id, job.name)
+        # The claim's atomic create is also the duplicate check: a done record stops it.
         claim = self._claim(jobs, pipeline.name, run_id, job)
         if claim is None:
             log.info("duplicate delivery: job end already handled")
@@ -634,12 +632,13 @@ class JobEvents:
         """The run record keeps the lineage: outcome, model version, endpoint, new job."""
         ledger = self._ledger(h.config)
         changes = {"outcome": outcome.action, "outcome_detail": outcome.detail, **h.changes}
+        current = h.record  # read when the handling began: usually still current
         for _ in range(3):
-            current = ledger.read_run(h.pipeline.name, h.run_id)
             if current is None:
                 return
             if ledger.update_run(h.pipeline.name, h.run_id, current, changes) is not None:
                 return
+            current = ledger.read_run(h.pipeline.name, h.run_id)
         h.log.warning("run record not updated: it kept changing", changes=changes)
 
 

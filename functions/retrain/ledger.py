@@ -180,9 +180,6 @@ class JobLedger:
     def mark_done(self, pipeline: str, job_id: str, outcome: str) -> None:
         self.store.create(f"done/{pipeline}/{job_id}", {"outcome": outcome})
 
-    def is_done(self, pipeline: str, job_id: str) -> bool:
-        return self.store.read(f"done/{pipeline}/{job_id}") is not None
-
     def done_jobs(self, pipeline: str) -> set[str]:
         prefix = f"done/{pipeline}/"
         return {item.key[len(prefix) :] for item in self.store.list(prefix)}
