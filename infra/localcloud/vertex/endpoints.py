@@ -97,13 +97,7 @@ class EndpointService:
                 if listing.in_location(endpoint.name, project, location)
                 and listing.matches(clauses, functools.partial(_endpoint_field, endpoint))
             ]
-        found.sort(key=lambda e: (e.create_time.seconds, e.create_time.nanos), reverse=True)
-        items, token = listing.page(
-            found, listing.int_param(query, "pageSize"), query.get("pageToken", "")
-        )
-        response = aiplatform_v1.ListEndpointsResponse.pb()(next_page_token=token)
-        response.endpoints.extend(items)
-        return response
+        return listing.respond(found, query, aiplatform_v1.ListEndpointsResponse, "endpoints")
 
     def update(
         self, project: str, location: str, endpoint_id: str, query: Mapping[str, str], body: Any

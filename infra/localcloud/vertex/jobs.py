@@ -137,13 +137,7 @@ class JobService:
                 if listing.in_location(job.name, project, location)
                 and listing.matches(clauses, functools.partial(_job_field, job))
             ]
-        jobs.sort(key=lambda job: (job.create_time.seconds, job.create_time.nanos), reverse=True)
-        items, token = listing.page(
-            jobs, listing.int_param(query, "pageSize"), query.get("pageToken", "")
-        )
-        response = aiplatform_v1.ListCustomJobsResponse.pb()(next_page_token=token)
-        response.custom_jobs.extend(items)
-        return response
+        return listing.respond(jobs, query, aiplatform_v1.ListCustomJobsResponse, "custom_jobs")
 
     def cancel(self, project: str, location: str, job_id: str) -> None:
         with self._state.lock:

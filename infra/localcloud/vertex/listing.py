@@ -81,6 +81,24 @@ def matches(clauses: Sequence[Clause], fields: Callable[[str], Any]) -> bool:
     return True
 
 
+def respond(
+    found: list[Any],
+    query: Mapping[str, str],
+    response_type: Any,
+    field: str,
+    *,
+    newest_first: bool = True,
+) -> Any:
+    """One page of `found` as a List*Response: newest first (as Vertex lists), with the
+    next page token."""
+    if newest_first:
+        found.sort(key=lambda r: (r.create_time.seconds, r.create_time.nanos), reverse=True)
+    items, token = page(found, int_param(query, "pageSize"), query.get("pageToken", ""))
+    response = response_type.pb()(next_page_token=token)
+    getattr(response, field).extend(items)
+    return response
+
+
 def page(items: Sequence[T], page_size: int, page_token: str) -> tuple[list[T], str]:
     """One page of `items` and the token of the next ("" on the last page)."""
     if page_size < 0:

@@ -90,13 +90,7 @@ class ModelService:
             if listing.in_location(model.name, project, location)
             and listing.matches(clauses, functools.partial(_model_field, model))
         ]
-        found.sort(key=lambda m: (m.create_time.seconds, m.create_time.nanos), reverse=True)
-        items, token = listing.page(
-            found, listing.int_param(query, "pageSize"), query.get("pageToken", "")
-        )
-        response = aiplatform_v1.ListModelsResponse.pb()(next_page_token=token)
-        response.models.extend(items)
-        return response
+        return listing.respond(found, query, aiplatform_v1.ListModelsResponse, "models")
 
     def list_versions(self, name: str, query: dict[str, str]) -> Any:
         clauses = listing.parse_filter(query.get("filter", ""), ("labels", "display_name"))
@@ -107,12 +101,9 @@ class ModelService:
                 for _, model in sorted(versions.items(), key=lambda item: int(item[0]))
                 if listing.matches(clauses, functools.partial(_model_field, model))
             ]
-        items, token = listing.page(
-            found, listing.int_param(query, "pageSize"), query.get("pageToken", "")
+        return listing.respond(
+            found, query, aiplatform_v1.ListModelVersionsResponse, "models", newest_first=False
         )
-        response = aiplatform_v1.ListModelVersionsResponse.pb()(next_page_token=token)
-        response.models.extend(items)
-        return response
 
     def merge_version_aliases(self, name: str, body: Any) -> Any:
         request = parse(
