@@ -60,6 +60,7 @@ trigger = "each"
 [pipelines.churn.training]
 image_uri = "local/trainer-ok:latest"
 machine_type = "n1-standard-4"
+fallback = [{{ machine_type = "n1-standard-8" }}]
 
 [pipelines.churn.deploy]
 model = "churn"
@@ -78,6 +79,12 @@ on = ["failed", "cancelled", "rejected", "rolled_back", "deployed"]
 # succeeding job only has to succeed; a failing one fails the way the trainer does.
 JOB_COMMANDS = {
     "local/trainer-ok*": [sys.executable, "-c", "print('training done')"],
+    "local/trainer-stockout*": [
+        sys.executable,
+        "-c",
+        "import sys; print('error: The zone does not have enough resources available "
+        "to fulfill the request.', file=sys.stderr); sys.exit(1)",
+    ],
     "local/trainer-fail*": [
         sys.executable,
         "-c",

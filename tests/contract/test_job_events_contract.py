@@ -137,3 +137,23 @@ def test_malformed_and_foreign_payloads_are_acknowledged_and_change_nothing(job_
         assert sum(expected in message for message in errors) == 1, (expected, errors)
     assert cloud.versions() == [] and cloud.endpoint() is None
     assert cloud.webhook.texts() == [] and cloud.state_objects("") == []
+
+
+def test_a_stockout_is_resubmitted_on_the_fallback_machine_before_anyone_hears(
+    job_cloud: JobCloud,
+):
+    cloud = job_cloud
+    starved = cloud.run_job(image="local/trainer-stockout:latest", metrics=GOOD)
+    assert starved.state.name == "JOB_STATE_FAILED"
+    assert cloud.deliver_until_acked(*cloud.sink_entry(starved, "sink-stockout")) == 200
+    assert cloud.deliver_until_acked(*cloud.sink_entry(starved, "sink-stockout-dup")) == 200
+    run_id = starved.labels["retrain-run"]
+    jobs = [job for job in cloud.training.find({"retrain-run": run_id}) if job.name != starved.name]
+    assert len(jobs) == 1, jobs  # resubmitted once, however often the end is delivered
+    retry = cloud.wait_terminal(jobs[0].name)
+    assert retry.labels["retrain-attempt"] == "1"
+    assert retry.job_spec.worker_pool_specs[0].machine_spec.machine_type == "n1-standard-8"
+    assert cloud.webhook.texts() == []  # nobody is told about the stockout itself
+    assert cloud.deliver_until_acked(*cloud.sink_entry(retry, "sink-retry")) == 200
+    texts = cloud.webhook.texts()
+    assert len(texts) == 1 and "deployed" in texts[0], texts
