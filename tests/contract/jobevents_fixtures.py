@@ -159,7 +159,14 @@ class Webhook:
 class JobCloud:
     """One isolated world for the job-events function."""
 
-    def __init__(self, gcs: StorageServer, tmp: Path, model: Path, min_value: float = 0.6):
+    def __init__(
+        self,
+        gcs: StorageServer,
+        tmp: Path,
+        model: Path,
+        min_value: float = 0.6,
+        canary_percent: int = 0,
+    ):
         n = next(_ids)
         self.landing, self.state, self.artifacts = f"jl-{n}", f"js-{n}", f"ja-{n}"
         self.model = model
@@ -173,6 +180,11 @@ class JobCloud:
         text = CONFIG.format(project=PROJECT, region=REGION, landing=self.landing,
                              state=self.state, artifacts=self.artifacts)  # fmt: skip
         text = text.replace("min_value = 0.6", f"min_value = {min_value}")
+        if canary_percent:
+            text = text.replace(
+                "must_beat_champion = true",
+                f"must_beat_champion = true\ncanary_percent = {canary_percent}\ncanary_seconds = 1",
+            )
         self.config_path = tmp / "pipelines.toml"
         self.config_path.write_text(text)
         self.config = parse_config(text, str(self.config_path))

@@ -4,8 +4,11 @@ deployed models really serve), the Logging v2 emulator and a real webhook receiv
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+from localcloud.storage import StorageServer
 from tests.contract.jobevents_fixtures import (  # noqa: F401 - fixtures used by name
     JobCloud,
     job_cloud_fixture,
@@ -157,3 +160,27 @@ def test_a_stockout_is_resubmitted_on_the_fallback_machine_before_anyone_hears(
     assert cloud.deliver_until_acked(*cloud.sink_entry(retry, "sink-retry")) == 200
     texts = cloud.webhook.texts()
     assert len(texts) == 1 and "deployed" in texts[0], texts
+
+
+def test_a_canary_takes_its_share_and_a_tick_promotes_it(
+    gcs: StorageServer, tmp_path: Path, trained_model: Path
+):
+    cloud = JobCloud(gcs, tmp_path, trained_model, canary_percent=25)
+    try:
+        first = cloud.run_job(metrics=GOOD)
+        assert cloud.deliver_until_acked(*cloud.sink_entry(first, "sink-1")) == 200
+        assert [share for _, share in cloud.serving().values()] == [100]  # nothing to share with
+        better = cloud.run_job(metrics={"val_accuracy": 0.95})
+        assert cloud.deliver_until_acked(*cloud.sink_entry(better, "sink-2")) == 200
+        shares = sorted(cloud.serving().values())
+        assert shares == [("1", 75), ("2", 25)], shares  # the canary serves its 25%
+        time.sleep(1.2)  # canary_seconds = 1 must pass before a tick may promote it
+        assert cloud.deliver_until_acked(*cloud.tick("tick-1")) == 200
+        assert cloud.deliver_until_acked(*cloud.tick("tick-2")) == 200
+        assert list(cloud.serving().values()) == [("2", 100)]  # promoted, the old one gone
+        champion = [v.version_id for v in cloud.versions() if "champion" in v.version_aliases]
+        assert champion == ["2"]
+        texts = cloud.webhook.texts()
+        assert len(texts) == 2 and all("deployed" in t for t in texts), texts
+    finally:
+        cloud.stop()
