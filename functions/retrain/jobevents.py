@@ -7,10 +7,12 @@ ignored. Ticks reconcile: terminal jobs whose end was never handled are handled 
 canaries old enough are promoted.
 
 Idempotency, step by step (keys in parentheses, see ledger.py):
-* a job end (`done/<pipeline>/<job_id>`): once present, every later delivery is a duplicate.
-* handling (`handled/<pipeline>/<job_id>.json`): its atomic create is a lease; while the
-  lease is fresh a duplicate raises TransientError (it is redelivered and then finds the
-  job done); an expired lease is taken over with compare-and-swap.
+* handling (`handled/<pipeline>/<job_id>.json`): its atomic create is a lease and the
+  duplicate check in one request: a record at step "done" makes every later delivery a
+  duplicate; while the lease is fresh a duplicate raises TransientError (it is redelivered
+  and then finds the job done); an expired lease is taken over with compare-and-swap.
+* a handled job end (`done/<pipeline>/<job_id>`): what a tick's reconcile lists to find the
+  ends nobody handled.
 * every step checks the world first, so a takeover repeats nothing: the model version
   carrying `retrain-run=<run_id>` is reused, a version already deployed on the endpoint is
   not deployed again, aliases and traffic are set to a target rather than changed by a delta.
