@@ -520,7 +520,7 @@ def test_scheduler_ticks_until_stopped() -> None:
     finally:
         scheduler.stop()
     count = len(ticks)
-    time.sleep(0.05)
+    time.sleep(0.05)  # five intervals: a scheduler still running would have ticked again
 
     assert len(ticks) == count
     assert all(json.loads(data) == {"tick": True} for data, _ in ticks)
