@@ -67,11 +67,11 @@ class App:
         key = (self.project(config), config.defaults.region)
         with self._lock:
             if key not in self._training:
-                from retrain.adapters.clients import vertex_client_kwargs
+                from retrain.adapters.clients import vertex_connection
                 from retrain.adapters.vertex import VertexTraining
 
-                kwargs = vertex_client_kwargs(self.settings, config.defaults.region)
-                self._training[key] = VertexTraining(key[0], key[1], kwargs)
+                connection = vertex_connection(self.settings, config.defaults.region)
+                self._training[key] = VertexTraining(key[0], key[1], connection)
             return self._training[key]
 
     @functools.cached_property
@@ -102,12 +102,12 @@ class App:
             key = (config_key, self.project(config), config.defaults.region)
             with self._lock:
                 if key not in self._adapters:
-                    from retrain.adapters.clients import vertex_client_kwargs
+                    from retrain.adapters.clients import vertex_connection
                     from retrain.adapters.registry import VertexEndpoints, VertexRegistry
 
                     kind = VertexRegistry if config_key == "registry" else VertexEndpoints
-                    kwargs = vertex_client_kwargs(self.settings, config.defaults.region)
-                    self._adapters[key] = kind(key[1], key[2], kwargs)
+                    connection = vertex_connection(self.settings, config.defaults.region)
+                    self._adapters[key] = kind(key[1], key[2], connection)
                 return self._adapters[key]
 
         return build

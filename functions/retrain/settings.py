@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 REQUIRED_ENV = ("RETRAIN_CONFIG", "GOOGLE_CLOUD_PROJECT")
 OPTIONAL_ENV = (
+    "VERTEX_EMULATOR_HOST",
     "VERTEX_API_ENDPOINT",
     "STORAGE_EMULATOR_HOST",
     "PUBSUB_EMULATOR_HOST",
     "LOG_LEVEL",
+    "LOGGING_EMULATOR_HOST",
     "LOGGING_API_ENDPOINT",
 )
 
@@ -28,6 +30,9 @@ class Settings:
     pubsub_emulator: str | None = None
     log_level: str = "INFO"
     logging_endpoint: str | None = None  # an http:// value selects REST, anonymously
+    # host:port of plaintext gRPC emulators (localcloud); they win over the REST endpoints
+    vertex_emulator: str | None = None
+    logging_emulator: str | None = None
 
     @property
     def emulated(self) -> bool:
@@ -35,6 +40,8 @@ class Settings:
         return bool(
             self.storage_emulator
             or self.pubsub_emulator
+            or self.vertex_emulator
+            or self.logging_emulator
             or (self.vertex_endpoint or "").startswith("http://")
         )
 
@@ -56,4 +63,6 @@ class Settings:
             pubsub_emulator=env.get("PUBSUB_EMULATOR_HOST") or None,
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             logging_endpoint=env.get("LOGGING_API_ENDPOINT") or None,
+            vertex_emulator=env.get("VERTEX_EMULATOR_HOST") or None,
+            logging_emulator=env.get("LOGGING_EMULATOR_HOST") or None,
         )

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localcloud.errors import LocalCloudError
+
+if TYPE_CHECKING:
+    from retrain.adapters.clients import VertexConnection
 
 
 def load_config(env: Mapping[str, str]) -> Any:
@@ -43,16 +46,19 @@ def storage(env: Mapping[str, str]) -> Any:
     return gcs.Client(project=env.get("GOOGLE_CLOUD_PROJECT") or None)
 
 
-def vertex_kwargs(env: Mapping[str, str], region: str) -> dict[str, Any]:
-    from retrain.adapters.clients import vertex_client_kwargs
+def vertex(env: Mapping[str, str], region: str) -> VertexConnection:
+    """The connection the functions use under this environment (gRPC to an emulator host,
+    REST to an http:// endpoint, or Google Cloud)."""
+    from retrain.adapters.clients import vertex_connection
     from retrain.settings import Settings
 
     settings = Settings(
         config_uri=env.get("RETRAIN_CONFIG", ""),
         project=env.get("GOOGLE_CLOUD_PROJECT", ""),
         vertex_endpoint=env.get("VERTEX_API_ENDPOINT") or None,
+        vertex_emulator=env.get("VERTEX_EMULATOR_HOST") or None,
     )
-    return vertex_client_kwargs(settings, region)
+    return vertex_connection(settings, region)
 
 
 def run_records(
@@ -71,14 +77,13 @@ def run_records(
 
 
 def list_runs(env: Mapping[str, str], pipeline: str | None = None) -> list[dict[str, Any]]:
-    from google.cloud import aiplatform_v1
 
     config = load_config(env)
     if pipeline and pipeline not in config.pipelines:
         raise LocalCloudError(
             f"unknown pipeline {pipeline!r} (configured: {', '.join(config.pipelines)})"
         )
-    jobs = aiplatform_v1.JobServiceClient(**vertex_kwargs(env, config.defaults.region))
+    jobs = vertex(env, config.defaults.region).client("JobServiceClient")
     rows = []
     for record in run_records(env, config, pipeline):
         state, metric = "-", "-"
@@ -148,7 +153,6 @@ def watch_runs(env: Mapping[str, str], pipeline: str | None, interval_s: float =
 
 
 def endpoint_name(env: Mapping[str, str], config: Any, pipeline: str) -> str:
-    from google.cloud import aiplatform_v1
 
     spec = config.pipelines.get(pipeline)
     if spec is None:
@@ -158,7 +162,7 @@ def endpoint_name(env: Mapping[str, str], config: Any, pipeline: str) -> str:
     if spec.deploy is None:
         raise LocalCloudError(f"pipeline {pipeline!r} has no [deploy] table: nothing serves it")
     project = config.defaults.project or env.get("GOOGLE_CLOUD_PROJECT")
-    client = aiplatform_v1.EndpointServiceClient(**vertex_kwargs(env, config.defaults.region))
+    client = vertex(env, config.defaults.region).client("EndpointServiceClient")
     parent = f"projects/{project}/locations/{config.defaults.region}"
     found = list(
         client.list_endpoints(
@@ -173,12 +177,11 @@ def endpoint_name(env: Mapping[str, str], config: Any, pipeline: str) -> str:
 
 
 def predict(env: Mapping[str, str], pipeline: str, instances: list[Any]) -> dict[str, Any]:
-    from google.cloud import aiplatform_v1
     from google.protobuf import json_format, struct_pb2
 
     config = load_config(env)
     name = endpoint_name(env, config, pipeline)
-    client = aiplatform_v1.PredictionServiceClient(**vertex_kwargs(env, config.defaults.region))
+    client = vertex(env, config.defaults.region).client("PredictionServiceClient")
     values = [json_format.ParseDict(instance, struct_pb2.Value()) for instance in instances]
     response = client.predict(endpoint=name, instances=values, timeout=60)
     return {

@@ -135,7 +135,11 @@ class Stack:
         self.env = {
             "STORAGE_EMULATOR_HOST": self.storage.url,
             "PUBSUB_EMULATOR_HOST": pubsub_host,
+            # The functions speak gRPC to Vertex AI, as in production; the REST front
+            # stays available for clients that pick REST.
+            "VERTEX_EMULATOR_HOST": self.vertex.grpc_host,
             "VERTEX_API_ENDPOINT": self.vertex.url,
+            "LOGGING_EMULATOR_HOST": logging_server.grpc_host,
             "LOGGING_API_ENDPOINT": logging_server.url,
             "GOOGLE_CLOUD_PROJECT": self.project,
             "RETRAIN_CONFIG": str(config_path),

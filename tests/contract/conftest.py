@@ -19,7 +19,8 @@ from google.cloud import aiplatform_v1, storage
 from localcloud.functions import FunctionServer
 from localcloud.storage import StorageServer
 from localcloud.vertex.server import VertexServer
-from tests.contract.faults import FaultProxy
+from retrain.adapters.clients import VertexConnection
+from tests.contract.faults import FaultProxy, GrpcFaultProxy
 
 PROJECT = "acme-ml"
 _ids = itertools.count(1)
@@ -93,9 +94,15 @@ class Cloud:
     """One isolated world: fresh buckets, a Vertex emulator, the served trigger function."""
 
     def __init__(
-        self, gcs: StorageServer, tmp: Path, quiet_seconds: int = 300, faults: bool = True
+        self,
+        gcs: StorageServer,
+        tmp: Path,
+        quiet_seconds: int = 300,
+        faults: bool = True,
+        transport: str = "grpc",
     ):
         n = next(_ids)
+        self.transport = transport
         tmp.mkdir(parents=True, exist_ok=True)
         self.landing, self.state, self.artifacts = f"landing-{n}", f"state-{n}", f"artifacts-{n}"
         self.gcs_client = storage.Client(
@@ -116,10 +123,19 @@ class Cloud:
             )
         )
         self.vertex = VertexServer(tmp / "vertex").start()
-        self.vertex_faults = FaultProxy(self.vertex.url).start()
         self.gcs_faults = FaultProxy(gcs.url).start()
         storage_url = self.gcs_faults.url if faults else gcs.url
-        vertex_url = self.vertex_faults.url if faults else self.vertex.url
+        vertex_env: dict[str, str]
+        if transport == "grpc":
+            self.vertex_faults: FaultProxy | GrpcFaultProxy = GrpcFaultProxy(
+                self.vertex.grpc_host
+            ).start()
+            host = self.vertex_faults.host_port if faults else self.vertex.grpc_host
+            vertex_env = {"VERTEX_EMULATOR_HOST": host}
+        else:
+            self.vertex_faults = FaultProxy(self.vertex.url).start()
+            url = self.vertex_faults.url if faults else self.vertex.url
+            vertex_env = {"VERTEX_API_ENDPOINT": url}
         self.log_path = tmp / "trigger.log"
         self.function = FunctionServer(
             "trigger",
@@ -127,14 +143,17 @@ class Cloud:
                 "RETRAIN_CONFIG": str(self.config_path),
                 "GOOGLE_CLOUD_PROJECT": PROJECT,
                 "STORAGE_EMULATOR_HOST": storage_url,
-                "VERTEX_API_ENDPOINT": vertex_url,
+                **vertex_env,
             },
             log_path=self.log_path,
         ).start()
-        self.jobs_client = aiplatform_v1.JobServiceClient(
-            transport="rest", credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": self.vertex.url},
-        )  # fmt: skip
+        self.jobs_client = vertex_client(self.vertex, transport, "JobServiceClient")
+
+    def creates_job(self, method: str, path: str, _body: bytes) -> bool:
+        """A fault rule's match: the call that creates a CustomJob, on this transport."""
+        if self.transport == "grpc":
+            return path.endswith("/CreateCustomJob")
+        return method == "POST" and "/customJobs" in path and ":cancel" not in path
 
     def stop(self) -> None:
         self.function.stop()
@@ -223,15 +242,29 @@ class Cloud:
         return [r["message"] for r in self.logs() if r.get("severity") == "ERROR"]
 
 
-@pytest.fixture
-def cloud(gcs: StorageServer, tmp_path: Path) -> Iterator[Cloud]:
-    world = Cloud(gcs, tmp_path)
+def vertex_client(server: VertexServer, transport: str, name: str) -> Any:
+    """An official `aiplatform_v1` client on one of the emulator's two fronts."""
+    if transport == "grpc":
+        return VertexConnection(server.grpc_host, "grpc", emulated=True).client(name)
+    return VertexConnection(server.url, "rest", emulated=True).client(name)
+
+
+# The functions talk to Vertex AI over the transport production uses (gRPC) and over REST:
+# each contract test runs on both.
+TRANSPORTS = ["grpc", "rest"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def cloud(gcs: StorageServer, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cloud]:
+    world = Cloud(gcs, tmp_path, transport=request.param)
     yield world
     world.stop()
 
 
-@pytest.fixture
-def quiet_cloud(gcs: StorageServer, tmp_path: Path) -> Iterator[Cloud]:
-    world = Cloud(gcs, tmp_path, quiet_seconds=2)
+@pytest.fixture(params=TRANSPORTS)
+def quiet_cloud(
+    gcs: StorageServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Cloud]:
+    world = Cloud(gcs, tmp_path, quiet_seconds=2, transport=request.param)
     yield world
     world.stop()

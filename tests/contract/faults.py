@@ -1,7 +1,7 @@
 """A real HTTP proxy that injects failures into the traffic it forwards.
 
-Put it between a function and an emulator (STORAGE_EMULATOR_HOST, VERTEX_API_ENDPOINT)
-to make chosen requests answer 503/429 or fail after the upstream did the work — the
+Put it between a function and an emulator (STORAGE_EMULATOR_HOST, VERTEX_API_ENDPOINT;
+`GrpcFaultProxy` for VERTEX_EMULATOR_HOST) to make chosen requests answer 503/429 or fail after the upstream did the work — the
 crash between two steps that idempotency must survive."""
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ from __future__ import annotations
 import http.client
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 from localcloud.procs import free_port
@@ -133,3 +135,78 @@ class FaultProxy:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+# HTTP statuses of the rules, as the gRPC codes Google's gateways map them to.
+_GRPC_CODES = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+@dataclass
+class GrpcFaultProxy:
+    """The same proxy for a plaintext gRPC upstream (host:port): unary calls are relayed as
+    raw bytes, and a matching rule answers the gRPC status of its HTTP status. Rules see
+    ("POST", "/package.Service/Method", request bytes)."""
+
+    upstream: str  # host:port
+    rules: list[Rule] = field(default_factory=list)
+    port: int = 0
+    requests: int = 0
+    _server: Any = None
+    _channel: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def host_port(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    fail = FaultProxy.fail
+    _take = FaultProxy._take
+
+    def start(self) -> GrpcFaultProxy:
+        import grpc
+
+        self._channel = grpc.insecure_channel(self.upstream)
+        proxy = self
+
+        def relay(path: str) -> Callable[[bytes, Any], bytes]:
+            forward = proxy._channel.unary_unary(path)
+
+            def call(data: bytes, context: Any) -> bytes:
+                with proxy._lock:
+                    proxy.requests += 1
+                rule = proxy._take("POST", path, data)
+                if rule is not None and rule.hold is not None:
+                    rule.hold.wait(timeout=60)
+                if rule is not None and not rule.after_upstream:
+                    context.abort(getattr(grpc.StatusCode, _GRPC_CODES[rule.status]), "injected")
+                try:
+                    reply = forward(data, timeout=60)
+                except grpc.RpcError as err:
+                    context.abort(err.code(), err.details())
+                if rule is not None:
+                    context.abort(getattr(grpc.StatusCode, _GRPC_CODES[rule.status]), "injected")
+                return bytes(reply)
+
+            return call
+
+        class Handler(grpc.GenericRpcHandler):
+            def service(self, details: Any) -> Any:
+                return grpc.unary_unary_rpc_method_handler(relay(details.method))
+
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=32), handlers=[Handler()])
+        self.port = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace=None).wait()
+            self._channel.close()

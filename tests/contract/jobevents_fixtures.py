@@ -30,6 +30,7 @@ from localcloud.storage import StorageServer
 from localcloud.vertex.images import ImageCommands
 from localcloud.vertex.runtime_local import LocalJobRuntime, LocalModelRuntime
 from localcloud.vertex.server import VertexServer
+from retrain.adapters.clients import VertexConnection
 from retrain.adapters.gcs import GcsStateStore
 from retrain.adapters.vertex import VertexTraining
 from retrain.config import parse_config
@@ -166,8 +167,10 @@ class JobCloud:
         model: Path,
         min_value: float = 0.6,
         canary_percent: int = 0,
+        transport: str = "grpc",
     ):
         n = next(_ids)
+        self.transport = transport
         self.landing, self.state, self.artifacts = f"jl-{n}", f"js-{n}", f"ja-{n}"
         self.model = model
         self.gcs = storage.Client(
@@ -206,20 +209,30 @@ class JobCloud:
                 "RETRAIN_CONFIG": str(self.config_path),
                 "GOOGLE_CLOUD_PROJECT": PROJECT,
                 "STORAGE_EMULATOR_HOST": gcs.url,
-                "VERTEX_API_ENDPOINT": self.vertex.url,
-                "LOGGING_API_ENDPOINT": self.logging.url,
+                **self._api_env(),
                 "CHURN_WEBHOOK_URL": self.webhook.url,
             },
             log_path=self.log_path,
         ).start()
-        kwargs = {"transport": "rest", "credentials": AnonymousCredentials(),
-                  "client_options": {"api_endpoint": self.vertex.url}}  # fmt: skip
-        self.training = VertexTraining(PROJECT, REGION, kwargs)
-        self.models = aiplatform_v1.ModelServiceClient(**kwargs)
-        self.endpoints = aiplatform_v1.EndpointServiceClient(**kwargs)
-        self.predictions = aiplatform_v1.PredictionServiceClient(**kwargs)
+        if transport == "grpc":
+            connection = VertexConnection(self.vertex.grpc_host, "grpc", emulated=True)
+        else:
+            connection = VertexConnection(self.vertex.url, "rest", emulated=True)
+        self.training = VertexTraining(PROJECT, REGION, connection)
+        self.models = connection.client("ModelServiceClient")
+        self.endpoints = connection.client("EndpointServiceClient")
+        self.predictions = connection.client("PredictionServiceClient")
         self.ledger = Ledger(GcsStateStore(self.gcs, f"gs://{self.state}/state"))
         self._runs = itertools.count(1)
+
+    def _api_env(self) -> dict[str, str]:
+        """Vertex AI and Cloud Logging over the transport under test."""
+        if self.transport == "grpc":
+            return {
+                "VERTEX_EMULATOR_HOST": self.vertex.grpc_host,
+                "LOGGING_EMULATOR_HOST": self.logging.grpc_host,
+            }
+        return {"VERTEX_API_ENDPOINT": self.vertex.url, "LOGGING_API_ENDPOINT": self.logging.url}
 
     def stop(self) -> None:
         self.function.stop()
@@ -391,10 +404,10 @@ def _now():
     return datetime.now(UTC)
 
 
-@pytest.fixture(name="job_cloud")
+@pytest.fixture(name="job_cloud", params=["grpc", "rest"])
 def job_cloud_fixture(
-    gcs: StorageServer, tmp_path: Path, trained_model: Path
+    gcs: StorageServer, tmp_path: Path, trained_model: Path, request: pytest.FixtureRequest
 ) -> Iterator[JobCloud]:
-    world = JobCloud(gcs, tmp_path, trained_model)
+    world = JobCloud(gcs, tmp_path, trained_model, transport=request.param)
     yield world
     world.stop()

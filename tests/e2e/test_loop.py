@@ -19,7 +19,7 @@ from google.cloud import aiplatform_v1, pubsub_v1
 
 from localcloud.demo.run import make_data, split
 from localcloud.procs import free_port
-from localcloud.runs import load_config, predict, run_records, storage, vertex_kwargs
+from localcloud.runs import load_config, predict, run_records, storage, vertex
 from localcloud.stack import DEMO_CONFIG, Options, Stack
 
 TIMEOUT_S = 240
@@ -125,7 +125,7 @@ class Loop:
         raise AssertionError(f"no notification within {timeout}s; received {self.notes}")
 
     def job(self, name: str) -> aiplatform_v1.CustomJob:
-        client = aiplatform_v1.JobServiceClient(**vertex_kwargs(self.env, "us-central1"))
+        client = vertex(self.env, "us-central1").client("JobServiceClient")
         return client.get_custom_job(name=name)
 
 

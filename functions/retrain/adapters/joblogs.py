@@ -1,7 +1,10 @@
 """The last lines of a failed job's replica log, read with google-cloud-logging.
 
-Against an `http://` LOGGING_API_ENDPOINT (localcloud) the client speaks REST with
-anonymous credentials; otherwise it uses its defaults."""
+In production, and against a plaintext gRPC emulator (LOGGING_EMULATOR_HOST, localcloud),
+entries are read over gRPC with the GAPIC `LoggingServiceV2Client` — the call the
+high-level client makes underneath. Against an `http://` LOGGING_API_ENDPOINT the
+high-level client reads them over REST. Both give entries with the same attributes
+(`resource.labels`, `severity`, a payload), which is all `tail` reads."""
 
 from __future__ import annotations
 
@@ -15,11 +18,12 @@ SCAN_ENTRIES = 200
 
 
 def logging_client(settings: Settings, project: str) -> Any:
-    from google.cloud import logging as gcl
-
+    """An object with `list_entries(resource_names, filter_, order_by, max_results,
+    page_size)` returning entries, over the transport the settings select."""
     endpoint = settings.logging_endpoint
-    if endpoint and endpoint.startswith("http://"):
+    if not settings.logging_emulator and endpoint and endpoint.startswith("http://"):
         from google.auth.credentials import AnonymousCredentials
+        from google.cloud import logging as gcl
 
         return gcl.Client(
             project=project or "local",
@@ -27,9 +31,67 @@ def logging_client(settings: Settings, project: str) -> Any:
             _use_grpc=False,
             client_options={"api_endpoint": endpoint},
         )
-    if endpoint:
-        return gcl.Client(project=project or None, client_options={"api_endpoint": endpoint})
-    return gcl.Client(project=project or None)
+    from google.cloud.logging_v2.services.logging_service_v2 import LoggingServiceV2Client
+
+    if settings.logging_emulator:
+        import grpc
+        from google.cloud.logging_v2.services.logging_service_v2.transports import (
+            LoggingServiceV2GrpcTransport,
+        )
+
+        # The GAPIC transport always wraps its channel in TLS; the emulator is plaintext.
+        channel = grpc.insecure_channel(settings.logging_emulator)
+        gapic = LoggingServiceV2Client(transport=LoggingServiceV2GrpcTransport(channel=channel))
+    elif endpoint:
+        gapic = LoggingServiceV2Client(client_options={"api_endpoint": endpoint})
+    else:
+        gapic = LoggingServiceV2Client()
+    return _GrpcEntries(gapic)
+
+
+class _GrpcEntries:
+    """`list_entries` of the high-level client, over a GAPIC client."""
+
+    def __init__(self, gapic: Any):
+        self._gapic = gapic
+
+    def list_entries(
+        self,
+        *,
+        resource_names: list[str],
+        filter_: str,
+        order_by: str,
+        max_results: int,
+        page_size: int,
+    ) -> list[Any]:
+        pager = self._gapic.list_log_entries(
+            request={
+                "resource_names": resource_names,
+                "filter": filter_,
+                "order_by": order_by,
+                "page_size": page_size,
+            }
+        )
+        entries: list[Any] = []
+        for raw in pager:
+            entries.append(_GrpcEntry(raw))
+            if len(entries) >= max_results:
+                break
+        return entries
+
+
+class _GrpcEntry:
+    """A GAPIC LogEntry seen with the high-level client's attribute names."""
+
+    def __init__(self, raw: Any):
+        self.resource = raw.resource
+        self.severity = raw.severity.name if raw.severity else "DEFAULT"
+        if raw.text_payload:
+            self.payload: Any = raw.text_payload
+        elif raw.json_payload:
+            self.payload = dict(raw.json_payload)
+        else:
+            self.payload = None
 
 
 class CloudJobLogs:

@@ -70,6 +70,18 @@ def split(rows: list[dict[str, Any]], parts: int) -> list[list[dict[str, Any]]]:
     return [rows[i::parts] for i in range(parts)]
 
 
+def transport_line(env: dict[str, str]) -> str:
+    """Which wire the functions use, as the environment they were given selects it."""
+    vertex = env.get("VERTEX_EMULATOR_HOST")
+    logging = env.get("LOGGING_EMULATOR_HOST")
+    if vertex and logging:
+        return f"the functions call Vertex AI ({vertex}) and Cloud Logging ({logging}) over gRPC"
+    return (
+        f"the functions call Vertex AI ({env.get('VERTEX_API_ENDPOINT')}) and Cloud Logging "
+        f"({env.get('LOGGING_API_ENDPOINT')}) over REST"
+    )
+
+
 def _say(started: float, message: str) -> None:
     print(f"[{time.monotonic() - started:6.1f}s] {message}", flush=True)
 
@@ -95,6 +107,7 @@ def run_demo(directory: Path, *, twice: bool, epochs: int | None, timeout: float
     )
     stack.up()
     _say(started, f"localcloud is up (state in {directory})")
+    _say(started, transport_line(stack.env))
     try:
         train, held_out = make_data()
         batches = [Batch("batch-1", split(train[: len(train) // 2] if twice else train, 3))]
@@ -120,9 +133,9 @@ def run_demo(directory: Path, *, twice: bool, epochs: int | None, timeout: float
 
 class _Demo:
     def __init__(self, stack: Any, directory: Path, started: float, timeout: float):
-        from google.cloud import aiplatform_v1, pubsub_v1
+        from google.cloud import pubsub_v1
 
-        from localcloud.runs import load_config, storage, vertex_kwargs
+        from localcloud.runs import load_config, storage, vertex
 
         self.stack = stack
         self.env = stack.env
@@ -131,7 +144,8 @@ class _Demo:
         self.timeout = timeout
         self.config = load_config(self.env)
         self.storage = storage(self.env)
-        self.jobs = aiplatform_v1.JobServiceClient(**vertex_kwargs(self.env, "us-central1"))
+        self.vertex = vertex(self.env, "us-central1")
+        self.jobs = self.vertex.client("JobServiceClient")
         self.subscriber = pubsub_v1.SubscriberClient()
         project = stack.project
         self.subscriptions = {}

@@ -1,10 +1,13 @@
-"""The Vertex AI REST v1 emulator: a real HTTP server answering the official
-`aiplatform_v1` clients (REST transport) for custom jobs, models, endpoints,
-predictions and operations. Jobs and deployed models run through pluggable runtimes."""
+"""The Vertex AI emulator: one service layer behind two fronts — a REST v1 HTTP server
+(here) and plaintext gRPC (grpc_front.py, each call transcoded into the REST request the
+GAPIC REST transport would send) — answering the official `aiplatform_v1` clients for
+custom jobs, models, endpoints, predictions and operations. Jobs and deployed models run
+through pluggable runtimes."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import re
@@ -17,10 +20,12 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from google.api import httpbody_pb2
 from google.protobuf.message import Message
 
 from localcloud.logstore import LogStore
 from localcloud.vertex.endpoints import EndpointService
+from localcloud.vertex.grpc_front import VertexGrpcFront
 from localcloud.vertex.jobs import JobService
 from localcloud.vertex.models import ModelService
 from localcloud.vertex.operations import OperationService
@@ -39,6 +44,8 @@ _LOCATION = r"/v1/projects/(?P<project>[^/:]+)/locations/(?P<location>[^/:]+)"
 _MODEL = r"/v1/(?P<name>projects/[^/:]+/locations/[^/:]+/models/[^/:@]+(?:@[^/:@]+)?)"
 _OPERATION = re.compile(r"/(?:v1|ui)/(?P<name>projects/[^:]+/operations/[^/:]+)")
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# Takes and answers a google.api.HttpBody: over HTTP the body itself, not JSON around it.
+_RAW_PREDICT = ":rawPredict"
 
 
 class VertexServer:
@@ -54,6 +61,7 @@ class VertexServer:
         jobs: JobRuntime | None = None,
         models: ModelRuntime | None = None,
         logs: LogStore | None = None,
+        grpc_port: int = 0,
     ) -> None:
         self._state_dir = Path(state_dir)
         self._host = host
@@ -65,6 +73,15 @@ class VertexServer:
         self._thread: threading.Thread | None = None
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._job_service: JobService | None = None
+        self._grpc: VertexGrpcFront | None = None
+        self._grpc_port = grpc_port
+
+    @property
+    def grpc_host(self) -> str:
+        """`host:port` of the gRPC front: the value for VERTEX_EMULATOR_HOST."""
+        if self._grpc is None:
+            raise RuntimeError("VertexServer is not started: call start() first")
+        return self._grpc.host_port
 
     @property
     def url(self) -> str:
@@ -91,6 +108,7 @@ class VertexServer:
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._serve, name="vertex-emulator", daemon=True)
         self._thread.start()
+        self._grpc = VertexGrpcFront(self.dispatch, host=self._host, port=self._grpc_port).start()
         return self
 
     def _serve(self) -> None:
@@ -103,6 +121,9 @@ class VertexServer:
             return  # never started, or already stopped
         if self._job_service is not None:
             self._job_service.stop_accepting_updates()
+        if self._grpc is not None:
+            self._grpc.stop()
+            self._grpc = None
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
@@ -162,6 +183,7 @@ def _model_routes(models: ModelService) -> list[tuple[str, re.Pattern[str], Hand
         ),
         ("GET", re.compile(base), lambda p, q, b: models.list(p["project"], p["location"], q)),
         ("GET", re.compile(_MODEL), lambda p, q, b: models.get(p["name"])),
+        ("PATCH", re.compile(_MODEL), lambda p, q, b: models.update(p["name"], q, b)),
         (
             "GET",
             re.compile(_MODEL + ":listVersions"),
@@ -213,6 +235,7 @@ def _endpoint_routes(endpoints: EndpointService) -> list[tuple[str, re.Pattern[s
         ("POST", re.compile(one + ":deployModel"), on_one(endpoints.deploy_model)),
         ("POST", re.compile(one + ":undeployModel"), on_one(endpoints.undeploy_model)),
         ("POST", re.compile(one + ":predict"), on_one(endpoints.predict)),
+        ("POST", re.compile(one + _RAW_PREDICT), on_one(endpoints.raw_predict)),
     ]
 
 
@@ -250,9 +273,14 @@ def _handler_class(server: VertexServer) -> type[BaseHTTPRequestHandler]:
             query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
             # `$alt=json;enum-encoding=int` asks for enums as numbers (what GAPIC sends).
             ints = "enum-encoding=int" in query.get("$alt", "")
+            path = unquote(parts.path)
             try:
-                body = self._read_body()
-                result = server.dispatch(method, unquote(parts.path), query, body)
+                raw = self._read_raw()
+                body = _http_body(raw, self.headers) if path.endswith(_RAW_PREDICT) else _json(raw)
+                result = server.dispatch(method, path, query, body)
+                if isinstance(result, httpbody_pb2.HttpBody):
+                    self._send(HTTPStatus.OK, result.content_type, result.data)
+                    return
                 payload = {} if result is None else to_json(result, ints)
                 self._reply(HTTPStatus.OK, payload)
             except ApiError as err:
@@ -262,27 +290,39 @@ def _handler_class(server: VertexServer) -> type[BaseHTTPRequestHandler]:
                 error = ApiError("INTERNAL", f"internal error in the Vertex emulator: {err!r}")
                 self._reply(error.http_status, error.body())
 
-        def _read_body(self) -> Any:
+        def _read_raw(self) -> bytes:
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY_BYTES:
                 raise invalid(f"request body of {length} bytes exceeds {MAX_BODY_BYTES}")
-            raw = self.rfile.read(length) if length else b""
-            if not raw.strip():
-                return {}
-            try:
-                return json.loads(raw)
-            except ValueError as err:
-                raise invalid(f"request body is not valid JSON: {err}") from err
+            return self.rfile.read(length) if length else b""
 
         def _reply(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
+            self._send(status, "application/json; charset=UTF-8", json.dumps(payload).encode())
+
+        def _send(self, status: int, content_type: str, data: bytes) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
     return VertexRequestHandler
+
+
+def _json(raw: bytes) -> Any:
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError as err:
+        raise invalid(f"request body is not valid JSON: {err}") from err
+
+
+def _http_body(raw: bytes, headers: Any) -> dict[str, Any]:
+    """A rawPredict request as the RawPredictRequest the service layer takes (the form the
+    gRPC front hands over too): the HTTP body, whatever it holds, is `http_body.data`."""
+    content_type = headers.get("Content-Type") or "application/json"
+    return {"httpBody": {"contentType": content_type, "data": base64.b64encode(raw).decode()}}
 
 
 def main(argv: list[str] | None = None) -> None:
