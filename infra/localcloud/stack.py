@@ -120,7 +120,7 @@ class Stack:
         )
         models = LocalModelRuntime(self.log_store, commands, runtime_env, project=self.project)
         self.vertex = VertexServer(
-            self.dir / "vertex", jobs=jobs, models=models, logs=self.log_store
+            self.dir / "vertex", jobs=jobs, models=models, logs=self.log_store, tls=True
         ).start()
         self._stop.append(self.vertex.stop)
 
@@ -170,6 +170,11 @@ class Stack:
             functions[target] = server.url
         self.env["TRIGGER_URL"] = functions["trigger"]
         self.env["JOB_EVENTS_URL"] = functions["on_job_event"]
+        # For clients that only open TLS channels (the Vertex AI SDK over gRPC): the same
+        # Vertex front over TLS, and gRPC's own switch to trust localcloud's certificate.
+        # The functions do not get these; they speak plaintext gRPC as configured above.
+        self.env["VERTEX_TLS_ENDPOINT"] = str(self.vertex.grpc_tls_host)
+        self.env["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(self.vertex.tls_certificate)
 
         self._progress("wiring Eventarc triggers")
         bridge = EventarcBridge().start()

@@ -19,11 +19,13 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from google.api_core import rest_helpers
 from google.protobuf.message import Message
 
+from localcloud.tls import Certificate
 from localcloud.vertex.wire import ApiError
 
 LOG = logging.getLogger(__name__)
@@ -102,19 +104,29 @@ def transcode(method: _Method, request: Any) -> tuple[str, str, dict[str, str], 
     params = dict(rest_helpers.flatten_query_params(query, strict=True))
     return (
         transcoded["method"].upper(),
-        transcoded["uri"],
+        unquote(transcoded["uri"]),  # as the REST front reads its request line
         {key: str(value) for key, value in params.items()},
         json.loads(body) if body else {},
     )
 
 
 class VertexGrpcFront:
-    """Serves `dispatch` over plaintext gRPC on `host_port` (VERTEX_EMULATOR_HOST)."""
+    """Serves `dispatch` over plaintext gRPC on `host_port` (VERTEX_EMULATOR_HOST) and, given
+    a certificate, over TLS on `tls_host_port` for clients that only speak TLS (see tls.py)."""
 
-    def __init__(self, dispatch: Dispatch, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        dispatch: Dispatch,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        certificate: Certificate | None = None,
+        tls_port: int = 0,
+    ) -> None:
         self._dispatch = dispatch
         self._host = host
         self._port = port
+        self._certificate = certificate
+        self._tls_port = tls_port
         self._server: grpc.Server | None = None
         self._methods = _methods()
 
@@ -123,6 +135,13 @@ class VertexGrpcFront:
         if self._server is None:
             raise RuntimeError("VertexGrpcFront is not started: call start() first")
         return f"{self._host}:{self._port}"
+
+    @property
+    def tls_host_port(self) -> str | None:
+        """`host:port` over TLS (the certificate names 127.0.0.1 and localhost), or None."""
+        if self._server is None:
+            raise RuntimeError("VertexGrpcFront is not started: call start() first")
+        return f"{self._host}:{self._tls_port}" if self._certificate else None
 
     @property
     def method_names(self) -> list[str]:
@@ -139,6 +158,11 @@ class VertexGrpcFront:
             ],
         )
         self._port = server.add_insecure_port(f"{self._host}:{self._port}")
+        if self._certificate is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(self._certificate.key, self._certificate.cert)]
+            )
+            self._tls_port = server.add_secure_port(f"{self._host}:{self._tls_port}", credentials)
         server.start()
         self._server = server
         return self

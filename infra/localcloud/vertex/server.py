@@ -24,6 +24,7 @@ from google.api import httpbody_pb2
 from google.protobuf.message import Message
 
 from localcloud.logstore import LogStore
+from localcloud.tls import CERT_FILE, certificate
 from localcloud.vertex.endpoints import EndpointService
 from localcloud.vertex.grpc_front import VertexGrpcFront
 from localcloud.vertex.jobs import JobService
@@ -62,6 +63,7 @@ class VertexServer:
         models: ModelRuntime | None = None,
         logs: LogStore | None = None,
         grpc_port: int = 0,
+        tls: bool = False,
     ) -> None:
         self._state_dir = Path(state_dir)
         self._host = host
@@ -75,6 +77,7 @@ class VertexServer:
         self._job_service: JobService | None = None
         self._grpc: VertexGrpcFront | None = None
         self._grpc_port = grpc_port
+        self._tls = tls
 
     @property
     def grpc_host(self) -> str:
@@ -82,6 +85,18 @@ class VertexServer:
         if self._grpc is None:
             raise RuntimeError("VertexServer is not started: call start() first")
         return self._grpc.host_port
+
+    @property
+    def grpc_tls_host(self) -> str | None:
+        """`host:port` of the gRPC front over TLS (for clients that insist on TLS, such
+        as the Vertex AI SDK); its certificate is `tls_certificate`. None unless tls=True."""
+        if self._grpc is None:
+            raise RuntimeError("VertexServer is not started: call start() first")
+        return self._grpc.tls_host_port
+
+    @property
+    def tls_certificate(self) -> Path:
+        return self._state_dir / "tls" / CERT_FILE
 
     @property
     def url(self) -> str:
@@ -108,7 +123,12 @@ class VertexServer:
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._serve, name="vertex-emulator", daemon=True)
         self._thread.start()
-        self._grpc = VertexGrpcFront(self.dispatch, host=self._host, port=self._grpc_port).start()
+        self._grpc = VertexGrpcFront(
+            self.dispatch,
+            host=self._host,
+            port=self._grpc_port,
+            certificate=certificate(self._state_dir / "tls") if self._tls else None,
+        ).start()
         return self
 
     def _serve(self) -> None:
