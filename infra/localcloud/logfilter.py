@@ -1,24 +1,28 @@
-"""The subset of the Cloud Logging query language that the product uses, parsed once and
-evaluated against LogEntry dicts (the JSON shape of the Logging v2 API).
+"""The Cloud Logging query language, parsed once and evaluated against LogEntry dicts
+(the JSON shape of the Logging v2 API).
 
 Supported: comparisons `path OP value` with OP one of `=`, `!=`, `=~`, `!~`, `:`, `>`,
-`>=`, `<`, `<=`; quoted or bare values (`:*` tests presence); `AND`, `OR`, `NOT`, `-`
-negation, parentheses, and implicit AND between adjacent terms. As in Cloud Logging, `OR`
-binds tighter than `AND`: `a OR b AND c OR d` is `(a OR b) AND (c OR d)`. Anything else
-(global text restrictions, functions, value lists) is rejected with the position and what
-was expected there, so a filter that would behave differently on Google Cloud never passes
-silently.
+`>=`, `<`, `<=`; quoted or bare values (`:*` tests presence); value lists
+(`severity=(WARNING OR ERROR)`, `labels.k:("a" OR "b")`); severities compared by rank;
+global restrictions (`"some text"` or a bare `word` alone: any field contains it, ignoring
+case); the functions `SEARCH("text")`, `SEARCH(field, "text")` and `log_id("name")`;
+`AND`, `OR`, `NOT`, `-` negation, parentheses, and implicit AND between adjacent terms.
+As in Cloud Logging, `OR` binds tighter than `AND`: `a OR b AND c OR d` is
+`(a OR b) AND (c OR d)`, and only upper-case `AND`/`OR`/`NOT` are operators. Anything else
+(other functions, malformed input) is rejected with the position and what was expected
+there, so a filter that would behave differently on Google Cloud never passes silently.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from localcloud.errors import LocalCloudError
+from localcloud.logsearch import SearchQueryError, as_text, compile_search, resolve
 
 LogEntry = dict[str, Any]
 
@@ -39,6 +43,8 @@ _KEYWORDS = {"AND", "OR", "NOT"}
 # Longest first, so `>=` is not read as `>` followed by a value starting with `=`.
 _OPERATORS = (">=", "<=", "!=", "=~", "!~", "=", ":", ">", "<")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
+_FUNCTIONS = ("SEARCH", "log_id")
+_RESTRICTION = 'a restriction (a comparison such as resource.type="ml_job", a function or text)'
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})"
     r"(?:[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?)?"
@@ -145,7 +151,7 @@ class Comparison:
             # proto3 JSON omits the default enum value: no severity means DEFAULT.
             return self._matches_leaf("DEFAULT")
         # A field that is absent never matches; repeated fields match if any element does.
-        return any(self._matches_leaf(leaf) for leaf in _resolve(entry, self.path))
+        return any(self._matches_leaf(leaf) for leaf in resolve(entry, self.path))
 
     def _matches_leaf(self, leaf: Any) -> bool:
         op = self.operator
@@ -155,7 +161,7 @@ class Comparison:
             return False
         if op in ("=~", "!~"):
             assert self.pattern is not None
-            found = self.pattern.search(_as_text(leaf)) is not None
+            found = self.pattern.search(as_text(leaf)) is not None
             return found if op == "=~" else not found
         ordering = self._compare(leaf)
         if ordering is None:
@@ -175,29 +181,38 @@ class Comparison:
         left: Any
         right: Any
         if self.instant is not None:
-            left, right = parse_timestamp(_as_text(leaf)), self.instant
+            left, right = parse_timestamp(as_text(leaf)), self.instant
         elif self.severity is not None:
             left, right = severity_rank(leaf), self.severity
         elif isinstance(leaf, int | float) and not isinstance(leaf, bool):
             left, right = float(leaf), _as_number(self.value)
         else:
             # Cloud Logging compares strings without regard to case.
-            left, right = _as_text(leaf).casefold(), self.value.casefold()
+            left, right = as_text(leaf).casefold(), self.value.casefold()
         if left is None or right is None:
             return None
         return (left > right) - (left < right)
 
 
-def _resolve(value: Any, path: Sequence[str]) -> Iterator[Any]:
-    if isinstance(value, list):
-        for item in value:
-            yield from _resolve(item, path)
-        return
-    if not path:
-        yield value
-        return
-    if isinstance(value, dict) and path[0] in value:
-        yield from _resolve(value[path[0]], path[1:])
+@dataclass(frozen=True)
+class GlobalText:
+    """A bare `word` or `"text"` standing alone: some field of the entry contains it."""
+
+    text: str
+
+    def matches(self, entry: LogEntry) -> bool:
+        return _contains(entry, self.text.casefold())
+
+
+@dataclass(frozen=True)
+class LogId:
+    """`log_id("name")`: the entry's log, whatever its project, is `name` (decoded)."""
+
+    log_id: str
+
+    def matches(self, entry: LogEntry) -> bool:
+        log_name = str(entry.get("logName", ""))
+        return "/logs/" in log_name and unquote(log_name.split("/logs/", 1)[1]) == self.log_id
 
 
 def _contains(value: Any, needle: str) -> bool:
@@ -205,15 +220,7 @@ def _contains(value: Any, needle: str) -> bool:
         return any(_contains(item, needle) for item in value.values())
     if isinstance(value, list):
         return any(_contains(item, needle) for item in value)
-    return needle in _as_text(value).casefold()
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    return needle in as_text(value).casefold()
 
 
 def _as_number(text: str) -> float | None:
@@ -282,19 +289,132 @@ class _Parser:
                 raise self._error("')' to close the parenthesis")
             self.pos += 1
             return inner
-        return self._comparison()
+        return self._function() or self._comparison() or self._global_restriction()
 
-    def _comparison(self) -> Filter:
-        path = self._path()
+    def _function(self) -> Filter | None:
+        """`NAME(` with no space before the parenthesis is a function call."""
+        match = _IDENTIFIER.match(self.text, self.pos)
+        if match is None or not self.text.startswith("(", match.end()):
+            return None
+        name = match.group()
+        if name not in _FUNCTIONS:
+            raise self._error(f"a supported function ({', '.join(_FUNCTIONS)})")
+        self.pos = match.end() + 1
+        call = self._search_arguments() if name == "SEARCH" else LogId(self._string_argument())
+        self._skip_space()
+        if self._peek() != ")":
+            raise self._error(f"')' to close the arguments of {name}")
+        self.pos += 1
+        return call
+
+    def _search_arguments(self) -> Filter:
+        """`"query"` or `field, "query"`."""
+        self._skip_space()
+        start = self.pos
+        path: tuple[str, ...] | None = None
+        if self._peek() == ")":
+            raise self._error("a quoted search text")
+        if self._peek() == '"':
+            # A quoted first argument is the query unless a path goes on from it.
+            self._quoted()
+            self._skip_space()
+            quoted_path = self._peek() in (",", ".")
+            self.pos = start
+            if quoted_path:
+                path = self._path()
+        else:
+            path = self._path()
+        if path is not None:
+            self._skip_space()
+            if self._peek() != ",":
+                raise self._error("',' between the field and the search text")
+            self.pos += 1
+        self._skip_space()
+        query_at = self.pos
+        query = self._string_argument()
+        try:
+            return compile_search(path, query)
+        except SearchQueryError as err:
+            # Point into the quoted text: past the opening quote, at the offending character.
+            raise FilterSyntaxError(self.text, query_at + 1 + err.offset, err.expected) from err
+
+    def _string_argument(self) -> str:
+        self._skip_space()
+        if self._peek() != '"':
+            raise self._error("a quoted string argument")
+        return self._quoted()
+
+    def _comparison(self) -> Filter | None:
+        """`path OP value`; None (and nothing consumed) when no operator follows a path."""
+        start = self.pos
+        try:
+            path = self._path()
+        except FilterSyntaxError:
+            self.pos = start
+            return None
         self._skip_space()
         operator_at = self.pos
         operator = next((op for op in _OPERATORS if self.text.startswith(op, self.pos)), None)
         if operator is None:
-            raise self._error(f"a comparison operator ({', '.join(_OPERATORS)}) after the field")
+            self.pos = start
+            return None
         self.pos += len(operator)
         self._skip_space()
+        if self._peek() == "(":
+            self.pos += 1
+            return self._value_list(path, operator, operator_at)
         value_at = self.pos
         value = self._value()
+        return self._build(path, operator, value, operator_at, value_at)
+
+    def _global_restriction(self) -> Filter:
+        """Text alone, quoted or a bare word, to be found in any field."""
+        if self._peek() == '"':
+            return GlobalText(self._quoted())
+        if self._at_end() or self._peek() in ")=!<>:~":
+            raise self._error(_RESTRICTION)
+        start = self.pos
+        word = self._value()
+        if word in _KEYWORDS:
+            self.pos = start
+            raise self._error(f"{_RESTRICTION}, not the keyword {word}")
+        return GlobalText(word)
+
+    # A value list `path OP (v1 OR v2 ...)` is the comparison with each value, combined
+    # with the list's own AND, OR and NOT (same precedence as outside).
+    def _value_list(self, path: tuple[str, ...], operator: str, operator_at: int) -> Filter:
+        self._skip_space()
+        if self._peek() == ")":
+            raise self._error("a value inside the parentheses")
+        terms = [self._value_disjunction(path, operator, operator_at)]
+        while True:
+            self._skip_space()
+            if self._peek() == ")":
+                self.pos += 1
+                return terms[0] if len(terms) == 1 else And(tuple(terms))
+            if self._at_end():
+                raise self._error("')' to close the list of values")
+            self._keyword("AND")
+            terms.append(self._value_disjunction(path, operator, operator_at))
+
+    def _value_disjunction(self, path: tuple[str, ...], operator: str, operator_at: int) -> Filter:
+        terms = [self._value_term(path, operator, operator_at)]
+        while self._keyword("OR"):
+            terms.append(self._value_term(path, operator, operator_at))
+        return terms[0] if len(terms) == 1 else Or(tuple(terms))
+
+    def _value_term(self, path: tuple[str, ...], operator: str, operator_at: int) -> Filter:
+        self._skip_space()
+        if self._keyword("NOT"):
+            return Not(self._value_term(path, operator, operator_at))
+        if self._peek() == "(":
+            self.pos += 1
+            return self._value_list(path, operator, operator_at)
+        value_at = self.pos
+        value = self._value()
+        if value in _KEYWORDS and self.text[value_at] != '"':
+            self.pos = value_at
+            raise self._error(f"a value, not the keyword {value}")
         return self._build(path, operator, value, operator_at, value_at)
 
     def _build(

@@ -4,6 +4,7 @@ object per line, with listeners (the log router) told of every new entry."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 LogEntry = dict[str, Any]
 Listener = Callable[[LogEntry], None]
@@ -75,3 +77,21 @@ class LogStore:
     def entries(self) -> list[LogEntry]:
         with self._lock, self.path.open(encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]
+
+    def delete_log(self, log_name: str) -> int:
+        """Remove every entry of one log; returns how many there were. Log names compare
+        with their log IDs URL-decoded: `a%2Fb` and `a%2fb` name the same log."""
+        wanted = unquote(log_name)
+        with self._lock:
+            with self.path.open(encoding="utf-8") as handle:
+                lines = [line for line in handle if line.strip()]
+            kept = [
+                line for line in lines if unquote(json.loads(line).get("logName", "")) != wanted
+            ]
+            removed = len(lines) - len(kept)
+            if removed:
+                # Write aside and rename, so a crash never leaves half a log behind.
+                spare = self.path.with_name(self.path.name + ".tmp")
+                spare.write_text("".join(kept), encoding="utf-8")
+                os.replace(spare, self.path)
+        return removed

@@ -1,5 +1,5 @@
-"""Local Cloud Logging: the filter language, the REST API through the official client, the
-log sink router and the tick scheduler."""
+"""Local Cloud Logging: the query language, the log sink router and the tick scheduler.
+The API itself, through the official clients on both transports, is test_logging_api.py."""
 
 from __future__ import annotations
 
@@ -7,20 +7,14 @@ import copy
 import io
 import json
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from google.api_core.exceptions import BadRequest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import logging as gcl
-from google.cloud.logging import Resource
 
 from localcloud.errors import LocalCloudError
 from localcloud.logfilter import FilterSyntaxError, compile_filter
-from localcloud.logging_api import LoggingServer
 from localcloud.logstore import LogStore, job_log_entry
 from localcloud.router import SHARED_FILTER_PATH, LogRouter, pubsub_publisher
 from localcloud.scheduler import TICK, Scheduler
@@ -188,6 +182,56 @@ def test_comparisons_and_operators(query: str, expected: bool) -> None:
     assert compile_filter(query).matches(SUCCEEDED_LINE) is expected
 
 
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        # value lists: the comparison with each value, under the list's own AND/OR/NOT
+        ("severity=(WARNING OR INFO)", True),
+        ("severity=(WARNING OR ERROR)", False),
+        ("severity>=(ERROR OR DEBUG)", True),
+        ('jsonPayload.message:("failed" OR "completed")', True),
+        ('jsonPayload.message:("job" AND "failed")', False),
+        ('jsonPayload.message:("job" "completed")', True),  # implicit AND inside too
+        ("resource.labels.task_name=(NOT service)", False),
+        ('resource.type=("gce_instance" OR ("ml_job" AND "ML_JOB"))', True),
+        # global restrictions: text alone, found in any field, ignoring case
+        ('"completed successfully"', True),
+        ("SUCCESSFULLY", True),
+        ("5823194417368121344", True),  # the job id in resource.labels and logName
+        ("completed failed", False),  # two restrictions, ANDed
+        ("completed OR failed", True),
+        ('-"completed"', False),
+        ("and", False),  # lower case: a word to search for, not the operator
+        ("ml.googleapis.com", True),
+        # SEARCH: whole tokens, case aside; backticks keep a phrase together
+        ('SEARCH("job SUCCESSFULLY")', True),
+        ('SEARCH("complete")', False),
+        ('SEARCH("`completed successfully`")', True),
+        ('SEARCH("`successfully completed`")', False),
+        ('SEARCH("`pleted succ`")', False),
+        ('SEARCH(jsonPayload, "completed")', True),
+        ('SEARCH(jsonPayload.levelname, "completed")', False),
+        ('SEARCH(labels."ml.googleapis.com/job_state", "succeeded")', True),
+        ('SEARCH("acme ml googleapis")', True),  # logName's tokens: split at '/', '-', '.'
+        # log_id: the decoded log ID, whatever the project
+        ('log_id("ml.googleapis.com/5823194417368121344")', True),
+        ('log_id("ml.googleapis.com%2F5823194417368121344")', False),
+        ('log_id("5823194417368121344")', False),
+        ('log_id("ml.googleapis.com/5823194417368121344") severity>=WARNING', False),
+    ],
+)
+def test_value_lists_global_text_and_functions(query: str, expected: bool) -> None:
+    assert compile_filter(query).matches(SUCCEEDED_LINE) is expected
+
+
+def test_search_reads_repeated_fields_and_numbers() -> None:
+    entry = {"jsonPayload": {"steps": [{"name": "load"}, {"name": "fit", "seconds": 12.0}]}}
+    assert compile_filter('SEARCH(jsonPayload.steps.name, "fit")').matches(entry)
+    assert compile_filter('SEARCH("12")').matches(entry)
+    assert not compile_filter('SEARCH(jsonPayload.steps.seconds, "fit")').matches(entry)
+    assert not compile_filter('SEARCH(jsonPayload.missing, "fit")').matches(entry)
+
+
 def test_or_binds_tighter_than_and() -> None:
     # Cloud Logging reads `a OR NOT b AND NOT c OR d` as `(a OR NOT b) AND (NOT c OR d)`.
     query = compile_filter("a=1 OR NOT b=1 AND NOT c=1 OR d=1")
@@ -237,16 +281,28 @@ def test_blank_filter_matches_everything() -> None:
         ("resource.type =", 15, "a value"),
         ('resource.type = "ml_job', 16, "closing"),
         ('(resource.type = "ml_job"', 25, "')'"),
-        ('resource.type = "ml_job" AND', 28, "a field name"),
+        ('resource.type = "ml_job" AND', 28, "a restriction"),
         ('resource.type = "ml_job" )', 25, "AND, OR or the end"),
-        ('"the cat in the hat"', 20, "comparison operator"),
+        ("= ml_job", 0, "a restriction"),
         ("severity >= LOUD", 12, "a severity"),
         ("timestamp >= yesterday", 13, "RFC3339"),
         ('textPayload =~ "(unclosed"', 15, "regular expression"),
         ("resource.type = *", 14, "presence"),
         ("a=1 AND OR b=2", 8, "not the keyword OR"),
         ("()", 1, "an expression"),
-        ("a=1\nAND b", 9, "line 2, column 6"),
+        ("a=1\nAND b=", 10, "line 2, column 7"),
+        ("severity=(WARNING OR)", 20, "a value"),
+        ("severity=(WARNING ERROR", 23, "')' to close the list of values"),
+        ("severity=()", 10, "a value inside the parentheses"),
+        ("severity=(WARNING OR LOUD)", 21, "a severity"),
+        ("labels.k:(a OR AND)", 15, "a value, not the keyword AND"),
+        ("sample(insertId, 0.1)", 0, "a supported function (SEARCH, log_id)"),
+        ("SEARCH()", 7, "a quoted search text"),
+        ('SEARCH("x"', 10, "')' to close the arguments of SEARCH"),
+        ('SEARCH(textPayload "x")', 19, "',' between the field and the search text"),
+        ('SEARCH("...")', 8, "at least one word"),
+        ('SEARCH("a `b c")', 10, "a closing '`'"),
+        ("log_id(trainer)", 7, "a quoted string argument"),
     ],
 )
 def test_syntax_errors_name_the_position_and_what_was_expected(
@@ -263,151 +319,6 @@ def test_an_empty_filter_is_not_an_error_but_a_missing_comparison_is() -> None:
     compile_filter("")  # the API treats an empty filter as "everything"
     with pytest.raises(FilterSyntaxError, match="position 3"):
         compile_filter("NOT")
-
-
-# --- the Logging API through the official client -------------------------------------------
-
-
-@pytest.fixture
-def server(store: LogStore) -> Iterator[LoggingServer]:
-    running = LoggingServer(store).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def client(server: LoggingServer) -> gcl.Client:
-    return gcl.Client(
-        project="p",
-        credentials=AnonymousCredentials(),
-        _use_grpc=False,
-        client_options={"api_endpoint": server.url},
-    )
-
-
-def add_job_lines(store: LogStore, project: str, job_id: str, severities: list[str]) -> None:
-    for index, severity in enumerate(severities):
-        store.append(
-            job_log_entry(
-                project=project,
-                job_id=job_id,
-                task_name="workerpool0-0",
-                message=f"{job_id} line {index}",
-                severity=severity,
-            )
-        )
-
-
-def messages(entries: list[Any]) -> list[str]:
-    return [entry.payload["message"] for entry in entries]
-
-
-def test_list_by_job_and_severity_newest_first(store: LogStore, client: gcl.Client) -> None:
-    add_job_lines(store, "p", "job-a", ["INFO", "ERROR", "WARNING", "CRITICAL", "ERROR"])
-    add_job_lines(store, "p", "job-b", ["ERROR"])
-    add_job_lines(store, "other-project", "job-a", ["ERROR"])
-
-    found = list(
-        client.list_entries(
-            filter_='resource.labels.job_id="job-a" AND severity>=ERROR',
-            order_by=gcl.DESCENDING,
-            max_results=20,
-        )
-    )
-
-    assert messages(found) == ["job-a line 4", "job-a line 3", "job-a line 1"]
-    assert all(entry.resource.labels["job_id"] == "job-a" for entry in found)
-
-
-def test_max_results_and_paging(store: LogStore, client: gcl.Client) -> None:
-    add_job_lines(store, "p", "job-a", ["INFO"] * 5)
-
-    newest_two = list(
-        client.list_entries(filter_="resource.type=ml_job", order_by=gcl.DESCENDING, max_results=2)
-    )
-    every_page = list(client.list_entries(filter_="resource.type=ml_job", page_size=2))
-
-    assert messages(newest_two) == ["job-a line 4", "job-a line 3"]
-    assert messages(every_page) == [f"job-a line {i}" for i in range(5)]
-
-
-def test_the_clients_default_time_window_is_applied(store: LogStore, client: gcl.Client) -> None:
-    old = job_log_entry(project="p", job_id="old", task_name="service", message="two days ago")
-    old["timestamp"] = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    store.append(old)
-    add_job_lines(store, "p", "new", ["INFO"])
-
-    # Without a timestamp in the filter the client adds `timestamp>=` (last 24 h) itself.
-    recent = list(client.list_entries(filter_="resource.type=ml_job"))
-    everything = list(client.list_entries(filter_='timestamp>="2000-01-01T00:00:00Z"'))
-
-    assert messages(recent) == ["new line 0"]
-    assert messages(everything) == ["two days ago", "new line 0"]
-
-
-def test_write_then_read_back(store: LogStore, client: gcl.Client) -> None:
-    logger = client.logger("retrain", resource=Resource(type="global", labels={}))
-
-    logger.log_struct(
-        {"message": "run started", "run_id": "r1"}, severity="WARNING", labels={"k": "v"}
-    )
-    logger.log_text("plain text line")
-
-    # The client also writes a one-off diagnostic entry of its own; leave it out.
-    found = list(
-        client.list_entries(
-            filter_='logName="projects/p/logs/retrain" '
-            '-jsonPayload."logging.googleapis.com/diagnostic":*'
-        )
-    )
-    assert [entry.payload for entry in found] == [
-        {"message": "run started", "run_id": "r1"},
-        "plain text line",
-    ]
-    assert found[0].severity == "WARNING"
-    assert found[0].labels == {"k": "v"}
-    stored = next(e for e in store.entries() if e.get("jsonPayload", {}).get("run_id") == "r1")
-    assert stored["insertId"] and stored["receiveTimestamp"]
-    by_field = list(client.list_entries(filter_='jsonPayload.run_id="r1" severity>=WARNING'))
-    assert [entry.insert_id for entry in by_field] == [stored["insertId"]]
-
-
-def test_a_bad_filter_is_invalid_argument(client: gcl.Client) -> None:
-    with pytest.raises(BadRequest, match="position 15"):
-        list(client.list_entries(filter_="resource.type =(x"))
-
-
-def test_google_error_shape_and_unsupported_requests(server: LoggingServer) -> None:
-    import requests
-
-    bad_filter = requests.post(
-        f"{server.url}/v2/entries:list",
-        json={"resourceNames": ["projects/p"], "filter": "severity>=LOUD"},
-        timeout=5,
-    )
-    no_parent = requests.post(f"{server.url}/v2/entries:list", json={}, timeout=5)
-    bad_order = requests.post(
-        f"{server.url}/v2/entries:list",
-        json={"resourceNames": ["projects/p"], "orderBy": "severity desc"},
-        timeout=5,
-    )
-    bad_write = requests.post(
-        f"{server.url}/v2/entries:write",
-        json={"entries": [{"textPayload": "x"}]},
-        timeout=5,
-    )
-    unknown = requests.post(f"{server.url}/v2/entries:tail", json={}, timeout=5)
-
-    assert bad_filter.status_code == 400
-    error = bad_filter.json()["error"]
-    assert error["code"] == 400 and error["status"] == "INVALID_ARGUMENT"
-    assert "position 10" in error["message"] and "severity" in error["message"]
-    assert no_parent.status_code == 400 and "resourceNames" in no_parent.json()["error"]["message"]
-    assert bad_order.status_code == 400 and "orderBy" in bad_order.json()["error"]["message"]
-    assert bad_write.status_code == 400 and "logName" in bad_write.json()["error"]["message"]
-    assert unknown.status_code == 404 and unknown.json()["error"]["status"] == "NOT_FOUND"
 
 
 # --- the log router ------------------------------------------------------------------------
