@@ -76,7 +76,7 @@ class App:
 
     @functools.cached_property
     def trigger(self) -> Trigger:
-        return Trigger(self.config, self.ledger, self.training, self.log)
+        return Trigger(self.config, self.ledger, self.training, self.log, notifiers=self.notifiers)
 
     @functools.cached_property
     def job_events(self) -> JobEvents:
@@ -167,7 +167,13 @@ def deliver(
     try:
         handle(event)
     except PermanentError as err:
-        log.error(str(err), event_id=event_id, event_type=ce_type, error=type(err).__name__)
+        log.error(
+            str(err),
+            event_id=event_id,
+            event_type=ce_type,
+            error=type(err).__name__,
+            **err.log_fields,
+        )
     except (TransientError, ConfigError) as err:
         log.warning(
             f"delivery will be retried: {err}",

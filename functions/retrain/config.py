@@ -17,7 +17,9 @@ from retrain.errors import ConfigError
 TRIGGER_MODES = ("each", "marker", "quiet")
 STRATEGIES = ("standard", "spot", "flex_start")
 GOALS = ("maximize", "minimize")
-NOTIFY_KINDS = ("deployed", "rejected", "rolled_back", "failed", "cancelled")
+# "rejected": the quality gate refused a model; "request_rejected": a retrain request was
+# refused before any job (a bad field, a value outside the guards).
+NOTIFY_KINDS = ("deployed", "rejected", "rolled_back", "failed", "cancelled", "request_rejected")
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,31 @@ Each class says what the delivering platform should do about it:
 
 from __future__ import annotations
 
+import reprlib
+from collections.abc import Mapping
+from typing import Any
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 60, 60
+_SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxtuple = 6
+
+
+def shown(value: Any) -> str:
+    """`value` as quoted in an error message: short and one line, however large, deep or
+    hostile the input was (a message lands in logs and notifications)."""
+    try:
+        return _SHOWN.repr(value)
+    except ValueError:  # an int past Python's int-to-text limit
+        return f"<{type(value).__name__} too large to show>"
+
 
 class RetrainError(Exception):
     """Root of every error the core raises on purpose."""
+
+    @property
+    def log_fields(self) -> Mapping[str, str]:
+        """Fields for the structured log record of this error (beyond its message)."""
+        return {}
 
 
 class PermanentError(RetrainError):
@@ -29,6 +51,18 @@ class InvalidEvent(PermanentError):
 
 class InvalidRequest(PermanentError):
     """A retrain request names an unknown pipeline, a bad field or a value outside the guards."""
+
+    def __init__(self, message: str, *, field: str, pipeline: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.pipeline = pipeline
+
+    @property
+    def log_fields(self) -> Mapping[str, str]:
+        found = {"field": self.field}
+        if self.pipeline is not None:
+            found["pipeline"] = self.pipeline
+        return found
 
 
 class JobRejected(PermanentError):

@@ -39,6 +39,7 @@ from retrain.jobspec import PIPELINE_LABEL, RUN_LABEL, build_job, label_value
 from retrain.ledger import JobLedger, Ledger, iso, parse_iso, plan_from_record
 from retrain.logs import Logger
 from retrain.notify import Notification
+from retrain.notifying import send_once
 from retrain.ports import (
     Blobs,
     DeployFailed,
@@ -606,29 +607,9 @@ class JobEvents:
         if not notify.wanted(pipeline.notify, message.kind):
             log.info("notification not wanted by config", kind=message.kind)
             return
-        jobs = None
-        document, body = notify.document(message), notify.text(message)
-        for channel in self._notifiers(pipeline):
-            jobs = jobs or self._jobs(self._config())
-            if not jobs.claim_notification(
-                pipeline.name, message.run_id, message.kind, channel.channel
-            ):
-                continue  # already sent by an earlier delivery
-            try:
-                channel.send(document, body)
-            except TransientError:
-                jobs.release_notification(
-                    pipeline.name, message.run_id, message.kind, channel.channel
-                )
-                raise
-            except PermanentError as err:
-                # Retrying cannot help (a refused webhook): say so, keep the claim.
-                log.error(
-                    "notification refused", kind=message.kind, channel=channel.channel,
-                    error=str(err),
-                )  # fmt: skip
-                continue
-            log.info("notification sent", kind=message.kind, channel=channel.channel)
+        channels = self._notifiers(pipeline)
+        if channels:
+            send_once(message, channels, self._jobs(self._config()), log)
 
     def _record_outcome(self, h: _Handling, outcome: Outcome) -> None:
         """The run record keeps the lineage: outcome, model version, endpoint, new job."""

@@ -3,6 +3,7 @@ Slack or Google Chat webhook shows (a top-level "text" works for both)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,13 +11,15 @@ from typing import Any
 from urllib.parse import quote
 
 from retrain.config import Notify
+from retrain.errors import shown
 
-DEPLOYED, REJECTED, ROLLED_BACK, FAILED, CANCELLED = (
+DEPLOYED, REJECTED, ROLLED_BACK, FAILED, CANCELLED, REQUEST_REJECTED = (
     "deployed",
     "rejected",
     "rolled_back",
     "failed",
     "cancelled",
+    "request_rejected",
 )
 CONSOLE = "https://console.cloud.google.com"
 _TITLES = {
@@ -26,14 +29,17 @@ _TITLES = {
     FAILED: "training failed",
     CANCELLED: "training cancelled",
 }
+# A trainer's failure line already says "error: …" (and Vertex may say "Error: …"): the
+# message shows it under its own "error:" label, once.
+_ERROR_LABEL = re.compile(r"^(?:\s*error\s*:\s*)+", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class Notification:
     kind: str
     pipeline: str
-    run_id: str
-    job: str  # the CustomJob resource name
+    run_id: str  # for a rejected request: the id its run would have had
+    job: str  # the CustomJob resource name ("" when no job was submitted)
     state: str
     project: str
     region: str
@@ -59,15 +65,47 @@ def duration(start: datetime | None, end: datetime | None) -> float | None:
     return (end - start).total_seconds() if start and end else None
 
 
+def request_rejection(
+    pipeline: str,
+    run_id: str,
+    message_id: str,
+    field: str,
+    reason: str,
+    *,
+    requester: str | None,
+    project: str,
+    region: str,
+) -> Notification:
+    """A retrain request refused before any job: which message, which field, and why."""
+    return Notification(
+        kind=REQUEST_REJECTED,
+        pipeline=pipeline,
+        run_id=run_id,
+        job="",
+        state="REQUEST_REJECTED",
+        project=project,
+        region=region,
+        reason=reason,
+        extra={"message_id": message_id, "field": field, "requester": requester},
+    )
+
+
+def error_text(error: str | None) -> str | None:
+    """The job's error without the "error:" label(s) it may already carry."""
+    if error is None:
+        return None
+    return _ERROR_LABEL.sub("", error, count=1) or error
+
+
 def links(n: Notification) -> dict[str, str]:
     """Console links for the job, its logs, the model version and the endpoint."""
     project = f"?project={n.project}"
-    job_id = n.job.rsplit("/", 1)[-1]
-    query = quote(f'resource.type="ml_job" resource.labels.job_id="{job_id}"', safe="")
-    found = {
-        "job": f"{CONSOLE}/vertex-ai/locations/{n.region}/training/{job_id}/cpu{project}",
-        "logs": f"{CONSOLE}/logs/query;query={query}{project}",
-    }
+    found: dict[str, str] = {}
+    if n.job:
+        job_id = n.job.rsplit("/", 1)[-1]
+        query = quote(f'resource.type="ml_job" resource.labels.job_id="{job_id}"', safe="")
+        found["job"] = f"{CONSOLE}/vertex-ai/locations/{n.region}/training/{job_id}/cpu{project}"
+        found["logs"] = f"{CONSOLE}/logs/query;query={query}{project}"
     if n.model_version:
         model, _, version = n.model_version.partition("@")
         model_id = model.rsplit("/", 1)[-1]
@@ -100,7 +138,7 @@ def document(n: Notification) -> dict[str, Any]:
         "endpoint": n.endpoint,
         "canary_percent": n.canary_percent,
         "reason": n.reason,
-        "error": n.error,
+        "error": error_text(n.error),
         "log_tail": list(n.log_tail),
         "links": links(n),
         **n.extra,
@@ -109,9 +147,11 @@ def document(n: Notification) -> dict[str, Any]:
 
 def text(n: Notification, tail_lines: int = 20) -> str:
     """The webhook message: a headline, the facts, the log tail in a code block."""
+    if n.kind == REQUEST_REJECTED:
+        return _request_rejection_text(n)
     lines = [f"[retrain] {n.pipeline}: run {n.run_id} {_TITLES.get(n.kind, n.kind)}"]
     facts: Sequence[tuple[str, Any]] = (
-        ("job", n.job),
+        ("job", n.job or None),
         ("state", n.state),
         ("data", n.data_uri),
         ("duration", f"{n.duration_seconds:.0f}s" if n.duration_seconds is not None else None),
@@ -120,13 +160,33 @@ def text(n: Notification, tail_lines: int = 20) -> str:
         ("endpoint", n.endpoint),
         ("canary", f"{n.canary_percent}% of traffic" if n.canary_percent else None),
         ("reason", n.reason),
-        ("error", n.error),
+        ("error", error_text(n.error)),
     )
     lines += [f"{name}: {value}" for name, value in facts if value is not None]
     lines += [f"{name}: {url}" for name, url in links(n).items()]
     if n.log_tail:
         lines += ["last log lines:", "```", *n.log_tail[-tail_lines:], "```"]
     return "\n".join(lines)
+
+
+def _request_rejection_text(n: Notification) -> str:
+    message_id = _printable(n.extra.get("message_id"))
+    lines = [f"[retrain] {n.pipeline}: retrain request {message_id} rejected"]
+    facts = (
+        ("field", _printable(n.extra.get("field"))),
+        ("reason", n.reason),
+        ("requester", _printable(n.extra.get("requester"))),
+    )
+    lines += [f"{name}: {value}" for name, value in facts if value]
+    return "\n".join(lines)
+
+
+def _printable(value: Any) -> str | None:
+    # Ids and names from a request are the sender's text: quoted when not plain, so that
+    # they cannot add lines to the message.
+    if value is None or (isinstance(value, str) and value.isprintable()):
+        return value
+    return shown(value)
 
 
 def _metric_text(n: Notification) -> str | None:

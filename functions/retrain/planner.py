@@ -17,7 +17,9 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from retrain.config import Config, Pipeline
-from retrain.events import ObjectFinalized, RetrainRequested
+from retrain.errors import shown
+from retrain.events import MalformedRequest, ObjectFinalized, RetrainRequested
+from retrain.request_rules import Refused, check, object_name_problem
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Ignore:
 @dataclass(frozen=True)
 class Reject:
     reason: str
+    field: str | None = None  # the request field at fault
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,9 @@ def plan_object(event: ObjectFinalized, config: Config) -> list[Decision]:
     """One decision per pipeline the object routes to (usually one), or a single Ignore."""
     if _is_own_output(event, config):
         return [Ignore(f"{event.uri} is under the product's own state or output prefix")]
+    problem = object_name_problem(event.name)
+    if problem:
+        return [Ignore(f"gs://{event.bucket}/{shown(event.name)}: {problem}")]
     routed = [
         p
         for p in config.pipelines.values()
@@ -140,58 +146,27 @@ def _is_own_output(event: ObjectFinalized, config: Config) -> bool:
     return False
 
 
-def plan_request(event: RetrainRequested, config: Config) -> Decision:
+def plan_request(event: RetrainRequested | MalformedRequest, config: Config) -> Decision:
     """A retrain request becomes one run, or a Reject naming the offending field."""
-    pipeline = config.pipeline(event.pipeline)
-    if pipeline is None:
-        known = ", ".join(sorted(config.pipelines))
-        return Reject(f"unknown pipeline {event.pipeline!r} (configured: {known})")
-    data_uri = event.data_uri or pipeline.data_root
-    problem = _check_data_uri(data_uri, config)
-    if problem:
-        return Reject(problem)
-    hyperparameters = dict(pipeline.training.hyperparameters)
-    for key, value in event.hyperparameters.items():
-        if key not in hyperparameters:
-            allowed = ", ".join(sorted(hyperparameters)) or "none"
-            return Reject(f"hyperparameters.{key} cannot be overridden (allowed: {allowed})")
-        expected = hyperparameters[key]
-        if not _same_type(expected, value):
-            return Reject(
-                f"hyperparameters.{key} must be {type(expected).__name__}, "
-                f"not {type(value).__name__} ({value!r})"
-            )
-        hyperparameters[key] = float(value) if isinstance(expected, float) else value
+    verdict = check(event, config)
+    if isinstance(verdict, Refused):
+        return Reject(verdict.message, verdict.field)
     return Submit(
         RunPlan(
-            pipeline=pipeline.name,
-            run_id=run_id_for(pipeline.name, "request", event.event_id),
+            pipeline=verdict.pipeline.name,
+            run_id=request_run_id(verdict.pipeline.name, event.event_id),
             trigger="request",
-            data_uri=data_uri,
-            hyperparameters=hyperparameters,
+            data_uri=verdict.data_uri,
+            hyperparameters=verdict.hyperparameters,
             events=(event.event_id,),
-            reason=event.reason,
+            reason=event.reason if isinstance(event, RetrainRequested) else None,
         )
     )
 
 
-def _check_data_uri(data_uri: str, config: Config) -> str | None:
-    if not data_uri.startswith("gs://") or len(data_uri) <= len("gs://"):
-        return f"data_uri must be a gs:// URI, not {data_uri!r}"
-    bucket = data_uri.removeprefix("gs://").split("/", 1)[0]
-    allowed = config.guards.allowed_buckets
-    if allowed and bucket not in allowed:
-        return f"data_uri bucket {bucket!r} is not allowed (guards.allowed_buckets: {', '.join(allowed)})"
-    return None
-
-
-def _same_type(expected: Any, value: Any) -> bool:
-    # bool is an int in Python; a request must not turn a flag into a number or back.
-    if isinstance(expected, bool) or isinstance(value, bool):
-        return isinstance(expected, bool) and isinstance(value, bool)
-    if isinstance(expected, float):
-        return isinstance(value, int | float)
-    return type(expected) is type(value)
+def request_run_id(pipeline: str, message_id: str) -> str:
+    """The run id of a request: the message id is the idempotency key."""
+    return run_id_for(pipeline, "request", message_id)
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,20 @@ from typing import Any
 
 from retrain.config import Config, Pipeline
 from retrain.errors import InvalidRequest, TransientError
-from retrain.events import Event, ObjectFinalized, RetrainRequested, Tick
+from retrain.events import Event, MalformedRequest, ObjectFinalized, RetrainRequested, Tick
 from retrain.jobspec import PIPELINE_LABEL, RUN_LABEL, build_job, label_value
-from retrain.ledger import CLAIMED, SUBMITTED, WAITING, Ledger, iso, parse_iso, plan_from_record
+from retrain.ledger import (
+    CLAIMED,
+    SUBMITTED,
+    WAITING,
+    JobLedger,
+    Ledger,
+    iso,
+    parse_iso,
+    plan_from_record,
+)
 from retrain.logs import Logger
+from retrain.notifying import announce_rejection
 from retrain.planner import (
     Ignore,
     Record,
@@ -36,7 +46,7 @@ from retrain.planner import (
     plan_quiet_flush,
     plan_request,
 )
-from retrain.ports import JobInfo, TrainingService
+from retrain.ports import JobInfo, Notifier, TrainingService
 
 CLAIM_LEASE = timedelta(seconds=120)  # a claim older than this without a job is abandoned
 DUPLICATE_WAIT_S = (0.2, 0.4, 0.8)  # how a duplicate waits for the claimant to finish
@@ -61,6 +71,7 @@ class Trigger:
         log: Logger,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
+        notifiers: Callable[[Pipeline], list[Notifier]] = lambda _pipeline: [],
     ):
         self._config = config
         self._ledger = ledger
@@ -68,12 +79,13 @@ class Trigger:
         self._log = log
         self._clock = clock
         self._sleep = sleep
+        self._notifiers = notifiers
 
     def handle(self, event: Event) -> list[Outcome]:
         config = self._config()
         if isinstance(event, ObjectFinalized):
             return self._on_object(event, config)
-        if isinstance(event, RetrainRequested):
+        if isinstance(event, RetrainRequested | MalformedRequest):
             return [self._on_request(event, config)]
         if isinstance(event, Tick):
             return self._on_tick(config)
@@ -103,10 +115,17 @@ class Trigger:
                 outcomes.append(Outcome("ignored", decision.reason))
         return outcomes
 
-    def _on_request(self, event: RetrainRequested, config: Config) -> Outcome:
+    def _on_request(self, event: RetrainRequested | MalformedRequest, config: Config) -> Outcome:
         decision = plan_request(event, config)
         if isinstance(decision, Reject):
-            raise InvalidRequest(f"retrain request {event.event_id}: {decision.reason}")
+            # Permanent: no job, no run record; the channels hear of it, the delivery is acked.
+            claims = lambda: JobLedger(self._ledger(config).store)  # noqa: E731
+            announce_rejection(event, decision, config, self._notifiers, claims, self._log)
+            raise InvalidRequest(
+                f"retrain request {event.event_id}: {decision.reason}",
+                field=decision.field or "request",
+                pipeline=event.pipeline,
+            )
         assert isinstance(decision, Submit)
         return self._start(decision.run, config)
 

@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     request.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     request.add_argument("--reason")
     request.add_argument("--topic", default="retrain-requests")
+    request.add_argument(
+        "--config", help="pipelines TOML (path or gs://) to check against (default: RETRAIN_CONFIG)"
+    )
     request.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     request.set_defaults(func=cmd_request)
 
@@ -295,6 +298,10 @@ def cmd_request(args: argparse.Namespace) -> int:
         payload["hyperparameters"] = overrides
     if args.reason:
         payload["reason"] = args.reason
+    problem = _request_problem(payload, args.config, env)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     project = env.get("GOOGLE_CLOUD_PROJECT")
     if not project:
         raise LocalCloudError("GOOGLE_CLOUD_PROJECT is not set (and no localcloud runs in --dir)")
@@ -307,6 +314,40 @@ def cmd_request(args: argparse.Namespace) -> int:
     message_id = publisher.publish(topic, json.dumps(payload).encode()).result(timeout=30)
     print(f"published retrain request {message_id} to {topic}: {json.dumps(payload)}")
     return 0
+
+
+def _request_problem(payload: dict[str, Any], config_arg: str | None, env: dict[str, str]) -> str:
+    """Why the trigger would refuse `payload`, checked with the trigger's own code against
+    the config; "" when it would accept it, or when no config can be read to tell."""
+    from retrain.config import parse_config
+    from retrain.errors import ConfigError, InvalidEvent
+    from retrain.events import request_from_payload
+    from retrain.request_rules import Refused, check
+
+    source = config_arg or env.get("RETRAIN_CONFIG")
+    if not source:
+        return ""
+    try:
+        text = _read_text(source, env)
+    except Exception as err:  # a missing file, an unreachable bucket: anything unreadable
+        if config_arg:
+            return f"cannot read --config {source}: {err}"
+        print(
+            f"warning: RETRAIN_CONFIG {source} is unreadable ({err}); not checked", file=sys.stderr
+        )
+        return ""
+    try:
+        verdict = check(request_from_payload("cli", payload, {}), parse_config(text, source))
+    except (ConfigError, InvalidEvent) as err:
+        return str(err)
+    return verdict.message if isinstance(verdict, Refused) else ""
+
+
+def _read_text(source: str, env: dict[str, str]) -> str:
+    if source.startswith("gs://"):
+        bucket, _, name = source.removeprefix("gs://").partition("/")
+        return str(_storage(env).bucket(bucket).blob(name).download_as_text())
+    return Path(source).read_text(encoding="utf-8")
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -1,0 +1,77 @@
+"""Sending notifications exactly once, whoever sends them.
+
+Key (see ledger.py): `notified/<pipeline>/<run_id>/<kind>/<channel>`, created before the
+send. A duplicate delivery finds it and sends nothing; a transient failure removes it
+again and raises, so the redelivery sends it; a permanent refusal (a webhook answering
+4xx) keeps it, since no retry can help. A rejected retrain request has no run: its key
+uses the run id the request would have had, derived from its message id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from retrain import notify
+from retrain.config import Config, Pipeline
+from retrain.errors import ConfigError, PermanentError, TransientError
+from retrain.events import MalformedRequest, RetrainRequested
+from retrain.ledger import JobLedger
+from retrain.logs import Logger
+from retrain.notify import Notification
+from retrain.planner import Reject, request_run_id
+from retrain.ports import Notifier
+
+
+def send_once(
+    message: Notification, channels: Sequence[Notifier], claims: JobLedger, log: Logger
+) -> None:
+    """Send `message` to each channel that has not had it yet."""
+    document, body = notify.document(message), notify.text(message)
+    for channel in channels:
+        key = (message.pipeline, message.run_id, message.kind, channel.channel)
+        if not claims.claim_notification(*key):
+            continue  # already sent by an earlier delivery
+        try:
+            channel.send(document, body)
+        except TransientError:
+            claims.release_notification(*key)
+            raise
+        except PermanentError as err:
+            log.error(
+                "notification refused", kind=message.kind, channel=channel.channel, error=str(err)
+            )
+            continue
+        log.info("notification sent", kind=message.kind, channel=channel.channel)
+
+
+def announce_rejection(
+    event: RetrainRequested | MalformedRequest,
+    decision: Reject,
+    config: Config,
+    notifiers: Callable[[Pipeline], list[Notifier]],
+    claims: Callable[[], JobLedger],
+    log: Logger,
+) -> None:
+    """Tell the pipeline's channels that a request was refused, when its config asks for
+    `request_rejected`. A request for an unknown pipeline has nobody to tell."""
+    pipeline = config.pipeline(event.pipeline)
+    if pipeline is None or not notify.wanted(pipeline.notify, notify.REQUEST_REJECTED):
+        return
+    try:
+        channels = notifiers(pipeline)
+    except ConfigError as err:
+        # The request stays refused and acknowledged: a retry storm of a bad request
+        # cannot fix a channel; the operator reads this line instead.
+        log.error(f"rejection not sent: {err}", pipeline=pipeline.name, event_id=event.event_id)
+        return
+    message = notify.request_rejection(
+        pipeline.name,
+        request_run_id(pipeline.name, event.event_id),
+        event.event_id,
+        decision.field or "request",
+        decision.reason,
+        requester=event.requester,
+        project=config.defaults.project or "",
+        region=config.defaults.region,
+    )
+    send_once(message, channels, claims(), log)
