@@ -16,7 +16,9 @@ from pathlib import Path
 from localcloud.errors import LocalCloudError
 from localcloud.procs import free_port, port_is_open, stop_process, wait_until
 
-FUNCTIONS_SOURCE = Path(__file__).resolve().parents[2] / "functions" / "main.py"
+# functions/main.py through a symlink inside the package: a checkout serves the file itself,
+# and the wheel build copies it in, so an installed `retrain` serves the same entry points.
+FUNCTIONS_SOURCE = Path(__file__).resolve().parent / "functions_source" / "main.py"
 
 
 @dataclass
@@ -43,9 +45,10 @@ class FunctionServer:
         if not self.source.exists():
             raise LocalCloudError(f"function source {self.source} not found")
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        # functions/ is the deployed source root: `retrain` imports from there, as in the cloud.
+        # The source root first, as in the cloud: from a checkout that is functions/ (the
+        # link resolved), so `retrain` imports from there.
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(self.source.parent), env.get("PYTHONPATH", "")) if p
+            p for p in (str(self.source.resolve().parent), env.get("PYTHONPATH", "")) if p
         )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process

@@ -22,7 +22,8 @@ from localcloud.logstore import LogEntry, LogStore
 
 Publish = Callable[[bytes, dict[str, str]], None]
 
-SHARED_FILTER_PATH = Path(__file__).resolve().parents[1] / "terraform" / "job-events-filter.txt"
+# Package data, so an installed wheel has it too; Terraform reads this same file.
+SHARED_FILTER_PATH = Path(__file__).resolve().parent / "job-events-filter.txt"
 TIMESTAMP_ATTRIBUTE = "logging.googleapis.com/timestamp"
 PUBLISH_TIMEOUT_S = 30.0
 

@@ -1,11 +1,12 @@
 # Job endings reach the job-events function through a log sink whose filter is the shared
-# file that localcloud's log router evaluates too: one text, read by both.
+# file that localcloud's log router evaluates too: one text, read by both. It lives in the
+# localcloud package, so the installed `retrain` carries it.
 
 resource "google_logging_project_sink" "job_events" {
   name                   = "retrain-job-events"
   description            = "Vertex AI CustomJob lifecycle endings, to the job-events topic."
   destination            = "pubsub.googleapis.com/${google_pubsub_topic.this["job-events"].id}"
-  filter                 = trimspace(file("${path.module}/job-events-filter.txt"))
+  filter                 = trimspace(file("${path.module}/../localcloud/job-events-filter.txt"))
   unique_writer_identity = true
 
   depends_on = [google_project_service.apis]

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
+from localcloud.router import SHARED_FILTER_PATH
 from tests.infra.terraform import TERRAFORM_DIR, Module, block, expression, reference
 
-FILTER_FILE = "job-events-filter.txt"
+_FILE_IN_MODULE = re.compile(r'file\("\$\{path\.module\}/(?P<path>[^"]+)"\)')
 
 
-def test_sink_filter_is_the_shared_file(module: Module) -> None:
+def test_sink_filter_is_the_file_localcloud_reads(module: Module) -> None:
     sink = module.resource("google_logging_project_sink.job_events")
-    assert f'file("${{path.module}}/{FILTER_FILE}")' in (expression(sink["filter"]) or "")
-    shared = TERRAFORM_DIR / FILTER_FILE
+    found = _FILE_IN_MODULE.search(expression(sink["filter"]) or "")
+    assert found, f"the sink filter is not read from a file: {sink['filter']!r}"
+    shared = (TERRAFORM_DIR / found.group("path")).resolve()
+    assert shared == SHARED_FILTER_PATH.resolve()
     assert 'resource.type="ml_job"' in shared.read_text(encoding="utf-8")
 
 
