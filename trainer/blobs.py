@@ -49,8 +49,12 @@ def _not_found(err: Exception) -> bool:
     return type(err).__name__ == "NotFound"
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, generation: int | None = None) -> bytes:
+    """The object's bytes; with `generation`, exactly that generation of a gs:// object
+    (GCS keeps an overwritten generation only in a bucket with object versioning)."""
     if not is_gcs(uri):
+        if generation is not None:
+            raise StorageError(f"{uri} is a local path: it has no generation {generation}")
         try:
             return Path(uri).read_bytes()
         except FileNotFoundError as err:
@@ -58,12 +62,14 @@ def read_bytes(uri: str) -> bytes:
         except OSError as err:
             raise StorageError(f"cannot read {uri}: {err.strerror}") from err
     bucket, name = split_gcs(uri)
+    what = uri if generation is None else f"{uri} generation {generation}"
     try:
-        data: bytes = _client().bucket(bucket).blob(name).download_as_bytes()
+        blob = _client().bucket(bucket).blob(name, generation=generation)
+        data: bytes = blob.download_as_bytes()
     except Exception as err:  # the client raises many types; all mean "cannot read"
         if _not_found(err):
-            raise StorageError(f"{uri} does not exist") from err
-        raise StorageError(f"cannot read {uri}: {err}") from err
+            raise StorageError(f"{what} does not exist") from err
+        raise StorageError(f"cannot read {what}: {err}") from err
     return data
 
 

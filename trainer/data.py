@@ -1,20 +1,25 @@
-"""Where the training rows come from: one CSV file or every `*.csv` under a prefix, local
-or gs://, split between replicas, checked, summarised for schema inference."""
+"""Where the training rows come from: one CSV file, every `*.csv` under a prefix (local or
+gs://), or the `*.csv` objects of a run's manifest at their pinned generations; split
+between replicas, checked, summarised for schema inference."""
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from trainer import blobs
 from trainer.errors import DataError, StorageError
 from trainer.features import ColumnSummary, merge_all, summarize
+from trainer.manifest import DataFile, read_manifest
 from trainer.table import CsvFile, parse_csv
 
 DOWNLOAD_THREADS = 8
+F = TypeVar("F")
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,19 @@ def data_files(data_uri: str) -> list[str]:
     return [data_uri]
 
 
-def shard_plan(files: Sequence[str], rank: int, world: int) -> tuple[list[str], bool]:
+def manifest_files(manifest_uri: str) -> list[DataFile]:
+    """The `*.csv` objects a run's manifest pins (a marker it may list is not data)."""
+    files = [f for f in read_manifest(manifest_uri) if fnmatch.fnmatch(_base(f.uri), "*.csv")]
+    if not files:
+        raise DataError(f"data manifest {manifest_uri} lists no *.csv objects")
+    return files
+
+
+def _base(uri: str) -> str:
+    return uri.rsplit("/", 1)[-1]
+
+
+def shard_plan(files: Sequence[F], rank: int, world: int) -> tuple[list[F], bool]:
     """(files this replica reads, whether it keeps only every world-th row of them).
     With at least one file per replica each reads its own files; otherwise all read all
     files and split the rows."""
@@ -55,14 +72,15 @@ def shard_plan(files: Sequence[str], rank: int, world: int) -> tuple[list[str], 
 
 
 def load_shard(
-    files: Sequence[str],
+    files: Sequence[str | DataFile],
     label: str,
     text_columns: frozenset[str] = frozenset(),
     *,
     rank: int = 0,
     world: int = 1,
 ) -> Shard:
-    mine, split_rows = shard_plan(files, rank, world)
+    pinned = [f if isinstance(f, DataFile) else DataFile(f) for f in files]
+    mine, split_rows = shard_plan(pinned, rank, world)
     parsed = _read_all(mine, text_columns)
     header = _common_header(parsed, label)
     per_file: list[dict[str, np.ndarray]] = []
@@ -84,18 +102,31 @@ def _summaries(uri: str, columns: dict[str, np.ndarray]) -> dict[str, ColumnSumm
     return {name: summarize(uri, values) for name, values in columns.items()}
 
 
-def _read_all(files: Sequence[str], text_columns: frozenset[str]) -> list[CsvFile]:
-    def read(uri: str) -> bytes:
-        try:
-            return blobs.read_bytes(uri)
-        except StorageError as err:
-            raise DataError(f"data file {err}") from err
-
+def _read_all(files: Sequence[DataFile], text_columns: frozenset[str]) -> list[CsvFile]:
     with ThreadPoolExecutor(max_workers=min(DOWNLOAD_THREADS, max(1, len(files)))) as pool:
-        contents = pool.map(read, files)
+        contents = pool.map(_read, files)
         return [
-            parse_csv(uri, data, text_columns) for uri, data in zip(files, contents, strict=True)
+            parse_csv(f.uri, data, text_columns) for f, data in zip(files, contents, strict=True)
         ]
+
+
+def _read(f: DataFile) -> bytes:
+    try:
+        data = blobs.read_bytes(f.uri, f.generation)
+    except StorageError as err:
+        if f.generation is not None and "does not exist" in str(err):
+            raise DataError(
+                f"data file {f.uri} generation {f.generation} (pinned by the run's manifest) "
+                "is gone: the object was overwritten or deleted after the run was planned, "
+                "and its bucket keeps no older generations"
+            ) from err
+        raise DataError(f"data file {err}") from err
+    if f.size is not None and len(data) != f.size:
+        raise DataError(
+            f"data file {f.uri} generation {f.generation} has {len(data)} bytes; "
+            f"the run's manifest says {f.size}"
+        )
+    return data
 
 
 def _common_header(parsed: Sequence[CsvFile], label: str) -> tuple[str, ...]:

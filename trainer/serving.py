@@ -83,9 +83,15 @@ class Model:
             raise ModelError(f"{directory}/{MODEL_FILE} is not a loadable model: {err}") from err
 
     def predict(self, instances: Any) -> list[dict[str, Any]]:
-        features = encode_instances(self.schema, instances)
+        return decode_predictions(
+            self.schema, self.outputs(encode_instances(self.schema, instances))
+        )
+
+    def outputs(self, features: np.ndarray) -> np.ndarray:
+        """The graph's raw outputs (probabilities, or standardised values) for an encoded
+        feature matrix: what predictions are decoded from, and what scoring reads."""
         (outputs,) = self.session.run(None, {self.input_name: features})
-        return decode_predictions(self.schema, np.asarray(outputs))
+        return np.asarray(outputs)
 
 
 class PredictionApp:

@@ -1,10 +1,12 @@
 """The training job: `python -m trainer.task --data-uri=... --label=... [--name=value ...]`.
 
-Reads CSV rows, trains an MLP with PyTorch (CUDA with bf16 autocast when there is a GPU,
-several replicas through torch.distributed), and writes a servable ONNX model with its
-metadata to AIP_MODEL_DIR, `metrics.json` last: its presence means the directory is
-complete. Exit codes: 0 done, 1 bad data or a failed run (the last stderr line starts with
-`error: `), 2 bad flags.
+Reads CSV rows (listed under --data-uri, or exactly the generations --data-manifest pins),
+trains an MLP with PyTorch (CUDA with bf16 autocast when there is a GPU, several replicas
+through torch.distributed), and writes a servable ONNX model with its metadata to
+AIP_MODEL_DIR, `metrics.json` last: its presence means the directory is complete. With
+--champion-model-dir the champion is scored on the same validation rows, with --eval-uri
+both models on a fixed evaluation set (comparison blocks in metrics.json). Exit codes: 0
+done, 1 bad data or a failed run (the last stderr line starts with `error: `), 2 bad flags.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer import blobs, checkpoints
-from trainer.data import Shard, data_files, load_shard
+from trainer.compare import Champion, score_champion, score_eval_set
+from trainer.data import Shard, data_files, load_shard, manifest_files
 from trainer.distributed import Collective
 from trainer.errors import DataError, TrainerError
 from trainer.features import (
@@ -39,9 +42,11 @@ from trainer.features import (
     instances_from_columns,
     merge_all,
 )
+from trainer.manifest import DataFile
 from trainer.model import build_mlp, predict, to_onnx
 from trainer.replicas import Replica, replica_from_env
 from trainer.reporting import HypertuneReporter, TensorBoardWriter, epoch_line, print_line
+from trainer.serving import Model
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
@@ -91,12 +96,22 @@ class Outputs:
 
 
 @dataclass(frozen=True)
+class Inputs:
+    """Where the rows come from, and what the new model is compared with."""
+
+    data_manifest: str | None = None  # read these pinned generations instead of listing
+    champion_model_dir: str | None = None  # score this servable model on the same rows
+    eval_uri: str | None = None  # score both models on this fixed evaluation set
+
+
+@dataclass(frozen=True)
 class TrainingResult:
     metrics: dict[str, float]
     schema: Schema
     model: nn.Module = field(repr=False)  # the trained network, on the CPU
     first_epoch: int  # 1, or the epoch after the checkpoint it resumed from
     epochs: int
+    comparisons: dict[str, Any] = field(default_factory=dict)  # metrics.json's blocks
 
 
 def run(
@@ -107,6 +122,7 @@ def run(
     *,
     task: Task | None = None,
     categorical: Sequence[str] = (),
+    inputs: Inputs = Inputs(),
     replica: Replica | None = None,
     env: Mapping[str, str] = os.environ,
     out: TextIO | None = None,
@@ -117,7 +133,7 @@ def run(
     collective = Collective(replica, device)
     collective.start()
     try:
-        return _train(data_uri, label, outputs, hp, task, categorical, collective, env, out)
+        return _train(data_uri, label, outputs, hp, task, categorical, inputs, collective, env, out)
     finally:
         collective.close()
 
@@ -129,6 +145,7 @@ def _train(
     hp: Hyperparameters,
     task: Task | None,
     categorical: Sequence[str],
+    inputs: Inputs,
     collective: Collective,
     env: Mapping[str, str],
     out: TextIO,
@@ -136,7 +153,7 @@ def _train(
     replica, device = collective.replica, collective.device
     chief = replica.chief
     torch.manual_seed(hp.seed)
-    shard = _load(data_uri, label, frozenset(categorical), collective)
+    shard = _load(data_uri, inputs.data_manifest, label, frozenset(categorical), collective)
     schema = infer_schema(
         shard.header, shard.summaries, label, task, where=data_uri
     )  # the same on every replica: the summaries were merged across them
@@ -145,11 +162,14 @@ def _train(
     classification = schema.label.task == "classification"
     if not classification:
         targets = targets.reshape(-1, 1)  # the network's output shape: one value per row
-    train_rows, val_rows = _split(shard.rows, hp, replica.rank)
+    train_rows, val_rows = split_rows(shard.rows, hp, replica.rank)
     steps = _steps_per_epoch(len(train_rows), hp.batch_size, collective)
     metric = "val_accuracy" if classification else "val_rmse"
     if chief:
-        _describe(data_uri, shard, schema, replica, device, out)
+        source = (
+            f"{data_uri} (pinned by {inputs.data_manifest})" if inputs.data_manifest else data_uri
+        )
+        _describe(source, shard, schema, replica, device, out)
 
     x_train, y_train = _to_device(features[train_rows], targets[train_rows], device)
     x_val, y_val = _to_device(features[val_rows], targets[val_rows], device)
@@ -201,21 +221,40 @@ def _train(
             network, loss_fn, x_val, y_val, classification, schema.label.std, collective
         )
     trained = network.to("cpu").eval()
+    champion = (
+        score_champion(inputs.champion_model_dir, schema, shard.columns, val_rows, collective)
+        if inputs.champion_model_dir
+        else None
+    )
+    comparisons: dict[str, Any] = {}
     if chief:
         smoke = instances_from_columns(schema, shard.columns, val_rows[:SMOKE_ROWS].tolist())
-        _write_outputs(outputs.model_dir, trained, schema, metrics, smoke, hp, data_uri, replica)
+        provenance = {"data_uri": data_uri, "data_manifest": inputs.data_manifest}
+        comparisons = _write_outputs(
+            outputs.model_dir, trained, schema, metrics, smoke, hp, provenance, replica,
+            champion, inputs.eval_uri, frozenset(categorical),
+        )  # fmt: skip
+        _describe_comparisons(metric, metrics[metric], comparisons, out)
     collective.barrier()
-    return TrainingResult(metrics, schema, trained, first_epoch, hp.epochs)
+    return TrainingResult(metrics, schema, trained, first_epoch, hp.epochs, comparisons)
 
 
-def _load(data_uri: str, label: str, categorical: frozenset[str], collective: Collective) -> Shard:
+def _load(
+    data_uri: str,
+    manifest: str | None,
+    label: str,
+    categorical: frozenset[str],
+    collective: Collective,
+) -> Shard:
     """This replica's shard; every replica fails together, with the same message, when any
     replica finds bad data (so none waits forever in a collective)."""
     replica = collective.replica
     shard: Shard | None = None
     problem: str | None = None
     try:
-        files = data_files(data_uri)
+        files: list[str] | list[DataFile] = (
+            manifest_files(manifest) if manifest else data_files(data_uri)
+        )
         shard = load_shard(files, label, categorical, rank=replica.rank, world=replica.world)
         unknown = sorted(categorical - set(shard.header))
         if unknown:
@@ -236,7 +275,8 @@ def _load(data_uri: str, label: str, categorical: frozenset[str], collective: Co
     return Shard(shard.header, shard.columns, shard.rows, summaries)
 
 
-def _split(rows: int, hp: Hyperparameters, rank: int) -> tuple[np.ndarray, np.ndarray]:
+def split_rows(rows: int, hp: Hyperparameters, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of a replica's shard: the same on every attempt."""
     order = np.random.default_rng([hp.seed, rank]).permutation(rows)
     val = max(1, round(rows * hp.val_fraction)) if rows >= 2 else 0
     return np.sort(order[val:]), np.sort(order[:val])
@@ -379,16 +419,19 @@ def _write_outputs(
     metrics: Mapping[str, float],
     smoke: list[dict[str, Any]],
     hp: Hyperparameters,
-    data_uri: str,
+    provenance: Mapping[str, str | None],
     replica: Replica,
-) -> None:
+    champion: Champion | None,
+    eval_uri: str | None,
+    categorical: frozenset[str],
+) -> dict[str, Any]:
+    """Write the model directory; the comparison blocks that went into metrics.json."""
     assert isinstance(network, nn.Sequential)
     classification = schema.label.task == "classification"
     # A previous attempt's metrics.json would make a half-rewritten directory look complete.
     blobs.delete(blobs.join(model_dir, METRICS_FILE))
-    blobs.write_bytes(
-        blobs.join(model_dir, MODEL_FILE), to_onnx(network, schema.width, classification)
-    )
+    onnx_bytes = to_onnx(network, schema.width, classification)
+    blobs.write_bytes(blobs.join(model_dir, MODEL_FILE), onnx_bytes)
     metadata = {
         "format": "retrain-mlp-onnx/1",
         "model_file": MODEL_FILE,
@@ -396,13 +439,54 @@ def _write_outputs(
         "output": "probabilities" if classification else "value",
         "schema": schema.to_json(),
         "hyperparameters": asdict(hp),
-        "data_uri": data_uri,
+        **{key: value for key, value in provenance.items() if value},
         "replicas": replica.world,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     _write_json(blobs.join(model_dir, METADATA_FILE), metadata)
     _write_json(blobs.join(model_dir, SMOKE_FILE), {"instances": smoke})
-    _write_json(blobs.join(model_dir, METRICS_FILE), dict(metrics))
+    comparisons: dict[str, Any] = {}
+    if champion is not None:
+        comparisons["champion"] = champion.block
+    if eval_uri:
+        # The new model is scored as it will be served: its ONNX graph, not the network.
+        candidate = Model(onnx_bytes, metadata)
+        comparisons["eval_set"] = score_eval_set(eval_uri, candidate, champion, categorical)
+    _write_json(blobs.join(model_dir, METRICS_FILE), dict(metrics) | comparisons)
+    return comparisons
+
+
+def _describe_comparisons(
+    metric: str, value: float, comparisons: Mapping[str, Any], out: TextIO
+) -> None:
+    """One line per comparison, next to the epoch lines in the job's log."""
+    champion = comparisons.get("champion")
+    if champion is not None:
+        if "error" in champion:
+            print_line(f"champion {champion['model_dir']}: {champion['error']}", out)
+        else:
+            print_line(
+                f"champion {champion['model_dir']} on the same {champion['rows']} rows: "
+                f"{metric}={champion[metric]:.4f} (new model {value:.4f})",
+                out,
+            )
+    evaluation = comparisons.get("eval_set")
+    if evaluation is not None:
+        if "error" in evaluation:
+            print_line(f"eval set {evaluation['uri']}: {evaluation['error']}", out)
+            return
+        figures = [
+            f"{who} {evaluation[who][metric]:.4f}"
+            if metric in evaluation[who]
+            else f"{who}: {evaluation[who].get('error')}"
+            for who in ("candidate", "champion")
+            if who in evaluation
+        ]
+        print_line(
+            f"eval set {evaluation['uri']} ({evaluation['rows']} rows) {metric}: "
+            + ", ".join(figures),
+            out,
+        )
 
 
 def _write_json(uri: str, value: Any) -> None:
@@ -434,6 +518,12 @@ def _parser() -> argparse.ArgumentParser:
     flag("label", required=True, help="the column to predict")
     flag("task", choices=["classification", "regression"], help="default: inferred")
     flag("categorical", default="", help="comma-separated columns to treat as categories")
+    flag(
+        "data_manifest",
+        help="inputs.jsonl naming the objects and generations to read instead of listing",
+    )
+    flag("champion_model_dir", help="the champion's model directory, scored on the same rows")
+    flag("eval_uri", help="a fixed evaluation set (CSV or prefix) scored with both models")
     flag("model_dir", help="default: AIP_MODEL_DIR")
     flag("checkpoint_dir", help="default: AIP_CHECKPOINT_DIR")
     flag("tensorboard_dir", help="default: AIP_TENSORBOARD_LOG_DIR")
@@ -491,6 +581,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             hp,
             task=args.task,
             categorical=categorical,
+            inputs=Inputs(
+                data_manifest=args.data_manifest or None,
+                champion_model_dir=args.champion_model_dir or None,
+                eval_uri=args.eval_uri or None,
+            ),
             replica=replica_from_env(env),
         )
     except TrainerError as err:

@@ -26,6 +26,8 @@ class StorageServer:
     pubsub_topic: str | None = None
     pubsub_host: str | None = None
     log_path: Path | None = None
+    # "memory" keeps overwritten generations in versioned buckets; "filesystem" cannot.
+    backend: str = "filesystem"
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -43,7 +45,7 @@ class StorageServer:
         args = [
             str(_get_binary_path()),
             "-scheme", "http",
-            "-backend", "filesystem",
+            "-backend", self.backend,
             "-filesystem-root", str(self.root.resolve()),
             "-host", self.host,
             "-port", str(self.port),

@@ -61,8 +61,9 @@ def digits_model(
 
 @pytest.fixture(scope="session")
 def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fake-gcs-server; STORAGE_EMULATOR_HOST points the official client at it."""
-    server = StorageServer(root=tmp_path_factory.mktemp("gcs")).start()
+    """A fake-gcs-server; STORAGE_EMULATOR_HOST points the official client at it. In memory:
+    only that backend keeps overwritten generations (in a bucket with versioning)."""
+    server = StorageServer(root=tmp_path_factory.mktemp("gcs"), backend="memory").start()
     previous = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = server.url
     try:
@@ -75,12 +76,13 @@ def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.environ["STORAGE_EMULATOR_HOST"] = previous
 
 
-def make_bucket(name: str) -> object:
+def make_bucket(name: str, *, versioning: bool = False) -> object:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
     client = storage.Client(project="test", credentials=AnonymousCredentials())
     bucket = client.bucket(name)
     if not bucket.exists():
-        client.create_bucket(name)
+        bucket.versioning_enabled = versioning
+        bucket.create()
     return client.bucket(name)
