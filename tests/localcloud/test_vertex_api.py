@@ -583,19 +583,39 @@ def test_upload_creates_version_1_then_parent_model_adds_version_2(server: Verte
     assert model_id.isdigit()
     assert (first.model_version_id, second.model_version_id) == ("1", "2")
     assert second.model == first.model == f"{PARENT}/models/{model_id}"
-    newest = client.get_model(name=first.model)
-    assert (newest.version_id, newest.artifact_uri) == ("2", "gs://artifacts/runs/churn/r2/model")
+    # The first version gets the default alias; a later one that does not ask for it
+    # leaves it where it is.
+    default = client.get_model(name=first.model)
+    assert (default.version_id, default.artifact_uri) == ("1", "gs://artifacts/runs/churn/r1/model")
+    assert list(default.version_aliases) == ["default", "champion"]
+    newest = client.get_model(name=f"{first.model}@2")
+    assert newest.artifact_uri == "gs://artifacts/runs/churn/r2/model"
     assert newest.container_spec == serving_model().container_spec
-    assert list(newest.version_aliases) == ["default"]
-    assert client.get_model(name=f"{first.model}@champion").version_id == "1"
-    assert client.get_model(name=f"{first.model}@1").version_aliases == ["champion"]
+    assert list(newest.version_aliases) == []
     versions = client.list_model_versions(name=first.model)
     assert [v.version_id for v in versions] == ["1", "2"]
 
 
+def test_an_upload_naming_the_default_alias_takes_it_and_aliases_move(
+    server: VertexServer,
+) -> None:
+    first = upload(server, serving_model(version_aliases=["champion"]))
+    upload(server, serving_model(version_aliases=["default", "champion"]), first.model)
+
+    client = model_client(server)
+    assert client.get_model(name=first.model).version_id == "2"
+    assert list(client.get_model(name=f"{first.model}@2").version_aliases) == [
+        "default",
+        "champion",
+    ]
+    assert list(client.get_model(name=f"{first.model}@1").version_aliases) == []
+    with pytest.raises(exceptions.BadRequest, match="repeats champion"):
+        upload(server, serving_model(version_aliases=["champion", "champion"]), first.model)
+
+
 def test_merge_version_aliases_moves_and_removes_aliases(server: VertexServer) -> None:
     first = upload(server, serving_model(version_aliases=["champion"]))
-    upload(server, serving_model(), first.model)
+    upload(server, serving_model(version_aliases=["default"]), first.model)
     client = model_client(server)
 
     moved = client.merge_version_aliases(
@@ -617,7 +637,7 @@ def test_merge_version_aliases_moves_and_removes_aliases(server: VertexServer) -
 
 def test_list_models_filters_by_display_name_and_label(server: VertexServer) -> None:
     churn = upload(server, serving_model("churn"))
-    upload(server, serving_model("churn"), churn.model)
+    upload(server, serving_model("churn", version_aliases=["default"]), churn.model)
     upload(server, serving_model("fraud"))
     client = model_client(server)
 
@@ -637,7 +657,7 @@ def test_upload_to_an_unknown_parent_model_is_not_found(server: VertexServer) ->
 def test_models_survive_a_restart(tmp_path: Path) -> None:
     with VertexServer(tmp_path / "vertex").start() as server:
         first = upload(server, serving_model(version_aliases=["champion"]))
-        upload(server, serving_model(), first.model)
+        upload(server, serving_model(version_aliases=["default"]), first.model)
     with VertexServer(tmp_path / "vertex").start() as server:
         client = model_client(server)
         assert client.get_model(name=f"{first.model}@champion").version_id == "1"
@@ -646,7 +666,7 @@ def test_models_survive_a_restart(tmp_path: Path) -> None:
 
 def test_delete_version_and_model_refuse_what_is_in_use(server: VertexServer) -> None:
     first = upload(server, serving_model())
-    upload(server, serving_model(), first.model)
+    upload(server, serving_model(version_aliases=["default"]), first.model)
     endpoint = create_endpoint(server)
     deploy(server, endpoint.name, f"{first.model}@1", {"0": 100})
     client = model_client(server)
@@ -714,7 +734,9 @@ def test_deploy_split_predict_and_undeploy(
     server: VertexServer, model_runtime: FakeModelRuntime
 ) -> None:
     first = upload(server, serving_model(artifact_uri="gs://a/v1"))
-    upload(server, serving_model(artifact_uri="gs://a/v2"), first.model)
+    upload(
+        server, serving_model(artifact_uri="gs://a/v2", version_aliases=["default"]), first.model
+    )
     endpoint = create_endpoint(server)
     client = endpoint_client(server)
 

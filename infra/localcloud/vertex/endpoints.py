@@ -1,9 +1,10 @@
-"""Endpoints: deployed models with a traffic split, and predictions proxied to the
-deployed model's local server (chosen by the split, as Vertex does)."""
+"""Endpoints: deployed models with a traffic split, and predictions (`predict`, and
+`rawPredict` with any body) proxied to the deployed model's local server, chosen by the
+split, as Vertex does."""
 
 from __future__ import annotations
 
-import functools
+import json
 import logging
 import random
 import re
@@ -11,12 +12,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import requests
+from google.api import httpbody_pb2
 from google.cloud import aiplatform_v1
 from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2, json_format
 
 from localcloud.errors import LocalCloudError
-from localcloud.vertex import listing
+from localcloud.vertex import filters, listing
 from localcloud.vertex.jobs import validate_labels
 from localcloud.vertex.models import ModelService
 from localcloud.vertex.operations import OperationService
@@ -37,6 +39,21 @@ LOG = logging.getLogger(__name__)
 NEW_MODEL_KEY = "0"  # in DeployModelRequest.traffic_split: the model being deployed
 PREDICT_TIMEOUT_SECONDS = 60.0
 _ENDPOINT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# ListEndpoints: `endpoint` (the id) and display_name take = and !=, labels the map
+# functions; order_by takes display_name, create_time, update_time.
+FILTER_FIELDS: dict[str, filters.Field] = {
+    "endpoint": filters.string(),
+    "display_name": filters.string(),
+    "labels": filters.LABELS,
+    "create_time": filters.TIMESTAMP,
+    "update_time": filters.TIMESTAMP,
+}
+SORT_KEYS: listing.SortKeys = {
+    "display_name": lambda e: e.display_name,
+    "create_time": lambda e: listing.time_key(e.create_time),
+    "update_time": lambda e: listing.time_key(e.update_time),
+}
+_DEDICATED = aiplatform_v1.Model.DeploymentResourcesType.DEDICATED_RESOURCES
 _UPDATABLE = {
     "traffic_split": "traffic_split",
     "trafficSplit": "traffic_split",
@@ -89,15 +106,16 @@ class EndpointService:
             return _copy(self._find(project, location, endpoint_id))
 
     def list(self, project: str, location: str, query: Mapping[str, str]) -> Any:
-        clauses = listing.parse_filter(query.get("filter", ""), ("labels", "display_name"))
         with self._state.lock:
-            found = [
+            here = [
                 _copy(endpoint)
                 for endpoint in self._state.endpoints.values()
                 if listing.in_location(endpoint.name, project, location)
-                and listing.matches(clauses, functools.partial(_endpoint_field, endpoint))
             ]
-        return listing.respond(found, query, aiplatform_v1.ListEndpointsResponse, "endpoints")
+        found = listing.select(here, query, FILTER_FIELDS, _endpoint_field)
+        return listing.respond(
+            found, query, aiplatform_v1.ListEndpointsResponse, "endpoints", sort_keys=SORT_KEYS
+        )
 
     def update(
         self, project: str, location: str, endpoint_id: str, query: Mapping[str, str], body: Any
@@ -155,6 +173,7 @@ class EndpointService:
         with self._state.lock:
             endpoint = self._find(project, location, endpoint_id)
             model = self._models.get(deployed.model)
+            _check_resources(deployed, model)
             deployed_id = new_id(self._deployed_ids())
             split = self._split_after_deploy(endpoint, dict(request.traffic_split), deployed_id)
         deployed.id = deployed_id
@@ -237,16 +256,10 @@ class EndpointService:
     def predict(self, project: str, location: str, endpoint_id: str, body: Any) -> Any:
         # Parsed for validation only; the container gets the JSON as the caller wrote it.
         parse(body, aiplatform_v1.PredictRequest.pb()(), "PredictRequest")
-        with self._state.lock:
-            endpoint = self._find(project, location, endpoint_id)
-            deployed = _choose(endpoint)
-            server = self._servers.get(deployed.id)
-        if server is None:
-            raise precondition(
-                f"DeployedModel {deployed.id} on {endpoint.name} has no running server "
-                "(no model runtime, or it failed to start): deploy it again"
-            )
-        predictions = _forward(server, deployed.id, body)
+        deployed, server = self._route(project, location, endpoint_id)
+        payload = {key: body[key] for key in ("instances", "parameters") if key in body}
+        reply = _post(server, deployed.id, json.dumps(payload).encode(), "application/json")
+        predictions = _predictions(reply, deployed.id)
         response = aiplatform_v1.PredictResponse.pb()(
             deployed_model_id=deployed.id,
             model=deployed.model,
@@ -260,6 +273,33 @@ class EndpointService:
                 "INTERNAL", f"DeployedModel {deployed.id} answered unusable predictions: {err}"
             ) from err
         return response
+
+    def raw_predict(self, project: str, location: str, endpoint_id: str, body: Any) -> Any:
+        """RawPredict: the HttpBody goes to the serving container as it is, and its answer
+        comes back as it is (content type included)."""
+        request = parse(body, aiplatform_v1.RawPredictRequest.pb()(), "RawPredictRequest")
+        http_body = request.http_body
+        deployed, server = self._route(project, location, endpoint_id)
+        reply = _post(
+            server, deployed.id, http_body.data, http_body.content_type or "application/json"
+        )
+        return httpbody_pb2.HttpBody(
+            content_type=reply.headers.get("Content-Type", "application/json"),
+            data=reply.content,
+        )
+
+    def _route(self, project: str, location: str, endpoint_id: str) -> tuple[Any, DeployedServer]:
+        """The deployed model the traffic split picks for one request, and its server."""
+        with self._state.lock:
+            endpoint = self._find(project, location, endpoint_id)
+            deployed = _choose(endpoint)
+            server = self._servers.get(deployed.id)
+        if server is None:
+            raise precondition(
+                f"DeployedModel {deployed.id} on {endpoint.name} has no running server "
+                "(no model runtime, or it failed to start): deploy it again"
+            )
+        return deployed, server
 
     def close(self) -> None:
         for deployed_id in list(self._servers):
@@ -378,11 +418,45 @@ def _choose(endpoint: Any) -> Any:
     return random.choices(models, weights=weights)[0]
 
 
-def _forward(server: DeployedServer, deployed_id: str, body: Any) -> Any:
-    payload = {key: body[key] for key in ("instances", "parameters") if key in body}
+def _check_resources(deployed: Any, model: Any) -> None:
+    """Vertex deploys a custom-container model on dedicated resources only, and refuses a
+    DeployModel that does not give them."""
+    supported = list(model.supported_deployment_resources_types) or [_DEDICATED]
+    if deployed.WhichOneof("prediction_resources") != "dedicated_resources":
+        raise invalid(
+            f"DeployModelRequest.deployed_model.dedicated_resources is required: {model.name} "
+            "supports only "
+            + ", ".join(aiplatform_v1.Model.DeploymentResourcesType(t).name for t in supported)
+        )
+    resources = deployed.dedicated_resources
+    if not resources.machine_spec.machine_type:
+        raise invalid(
+            "DeployModelRequest.deployed_model.dedicated_resources.machine_spec.machine_type "
+            "is required"
+        )
+    if resources.min_replica_count < 1:
+        raise invalid(
+            "DeployModelRequest.deployed_model.dedicated_resources.min_replica_count must be "
+            f"at least 1, got {resources.min_replica_count}"
+        )
+    if resources.max_replica_count and resources.max_replica_count < resources.min_replica_count:
+        raise invalid(
+            "DeployModelRequest.deployed_model.dedicated_resources.max_replica_count "
+            f"({resources.max_replica_count}) is less than min_replica_count "
+            f"({resources.min_replica_count})"
+        )
+
+
+def _post(server: DeployedServer, deployed_id: str, data: bytes, content_type: str) -> Any:
+    """POST to the container's predict route; its refusals become Google's errors."""
     url = server.url.rstrip("/") + server.predict_route
     try:
-        reply = requests.post(url, json=payload, timeout=PREDICT_TIMEOUT_SECONDS)
+        reply = requests.post(
+            url,
+            data=data,
+            headers={"Content-Type": content_type},
+            timeout=PREDICT_TIMEOUT_SECONDS,
+        )
     except requests.RequestException as err:
         raise ApiError(
             "UNAVAILABLE", f"DeployedModel {deployed_id} did not answer at {url}: {err}"
@@ -394,6 +468,10 @@ def _forward(server: DeployedServer, deployed_id: str, body: Any) -> Any:
             "INTERNAL",
             f"DeployedModel {deployed_id} failed with HTTP {reply.status_code}: {_reason(reply)}",
         )
+    return reply
+
+
+def _predictions(reply: requests.Response, deployed_id: str) -> Any:
     try:
         predictions = reply.json()["predictions"]
     except (ValueError, KeyError, TypeError) as err:
@@ -429,7 +507,7 @@ def _copy_field(source: Any, target: Any, field: str) -> None:
 
 
 def _endpoint_field(endpoint: Any, name: str) -> Any:
-    return endpoint.labels if name == "labels" else endpoint.display_name
+    return endpoint.name.rsplit("/", 1)[1] if name == "endpoint" else getattr(endpoint, name)
 
 
 def _copy(endpoint: Any) -> Any:

@@ -3,7 +3,6 @@ lifecycle log lines Vertex writes (a log router matches their exact text)."""
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +13,7 @@ from google.protobuf import empty_pb2
 
 from localcloud.errors import LocalCloudError
 from localcloud.logstore import LogEntry, LogStore, job_log_entry
-from localcloud.vertex import listing
+from localcloud.vertex import filters, listing
 from localcloud.vertex.operations import OperationService
 from localcloud.vertex.runtime import JobRuntime, JobUpdate
 from localcloud.vertex.state import CustomJobPb, State
@@ -29,8 +28,22 @@ IN_FLIGHT = frozenset(
     {S.JOB_STATE_PENDING, S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_CANCELLING}
 )
 STOPPED_MESSAGE = "localcloud was stopped while the job was running; submit it again"
+RPC_CANCELLED = 1
 RPC_INTERNAL = 13
 RPC_ABORTED = 10
+# What Vertex puts in a cancelled job's `error` (google.rpc.Code.CANCELLED).
+CANCELLED_MESSAGE = "CANCELED"
+# ListCustomJobs' documented filter fields (display_name, state, labels, create_time),
+# plus the job's other times.
+FILTER_FIELDS: dict[str, filters.Field] = {
+    "display_name": filters.string(":"),
+    "state": filters.enum(S.__members__),
+    "labels": filters.LABELS,
+    "create_time": filters.TIMESTAMP,
+    "update_time": filters.TIMESTAMP,
+    "start_time": filters.TIMESTAMP,
+    "end_time": filters.TIMESTAMP,
+}
 
 _LABEL = re.compile(r"[a-z0-9_-]{0,63}")
 _LIFECYCLE: dict[int, tuple[str, str]] = {
@@ -129,15 +142,15 @@ class JobService:
             return _copy(self._find(project, location, job_id))
 
     def list(self, project: str, location: str, query: dict[str, str]) -> Any:
-        clauses = listing.parse_filter(query.get("filter", ""), ("labels", "state", "display_name"))
         with self._state.lock:
             jobs = [
                 _copy(job)
                 for job in self._state.jobs.values()
                 if listing.in_location(job.name, project, location)
-                and listing.matches(clauses, functools.partial(_job_field, job))
             ]
-        return listing.respond(jobs, query, aiplatform_v1.ListCustomJobsResponse, "custom_jobs")
+        found = listing.select(jobs, query, FILTER_FIELDS, _job_field)
+        # ListCustomJobsRequest has no order_by: the SDK orders jobs on the client.
+        return listing.respond(found, query, aiplatform_v1.ListCustomJobsResponse, "custom_jobs")
 
     def cancel(self, project: str, location: str, job_id: str) -> None:
         with self._state.lock:
@@ -220,6 +233,11 @@ class JobService:
         if state == S.JOB_STATE_FAILED:
             job.error.code = code
             job.error.message = error_message or "The job failed."
+        if state == S.JOB_STATE_CANCELLED:
+            # As documented for CancelCustomJob: the job keeps an `error` whose code is
+            # google.rpc.Code.CANCELLED.
+            job.error.code = RPC_CANCELLED
+            job.error.message = CANCELLED_MESSAGE
 
     def _log_transition(
         self, project: str, job_id: str, state: int, error_message: str | None
@@ -264,11 +282,9 @@ def _copy(job: Any) -> Any:
 
 
 def _job_field(job: Any, name: str) -> Any:
-    if name == "labels":
-        return job.labels
     if name == "state":
         return S(job.state).name
-    return job.display_name
+    return getattr(job, name)
 
 
 def _project_of(name: str) -> str:

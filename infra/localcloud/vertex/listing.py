@@ -1,14 +1,13 @@
-"""List requests: the subset of Vertex's filter language the product uses, and page
-tokens."""
+"""List requests: filters (filters.py), `order_by`, and page tokens."""
 
 from __future__ import annotations
 
 import base64
-import re
+import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from localcloud.vertex import filters
 from localcloud.vertex.wire import invalid
 
 T = TypeVar("T")
@@ -16,69 +15,46 @@ T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
-# One `field = value` (or `!=`) clause; the value is a double-quoted string or a bare word.
-_CLAUSE = re.compile(
-    r"""\s*(?P<field>labels\.[A-Za-z0-9_.-]+|[A-Za-z_]+)\s*(?P<op>!?=)\s*
-        (?:"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<bare>[^\s"()]+))\s*""",
-    re.VERBOSE,
-)
-_AND = re.compile(r"AND\b", re.IGNORECASE)
+# A sort key per orderable field: the value a resource sorts by.
+SortKeys = Mapping[str, Callable[[Any], Any]]
 
 
-@dataclass(frozen=True)
-class Clause:
-    field: str  # "labels.<key>", "state" or "display_name"
-    value: str
-    negated: bool = False  # `!=`: Vertex supports it for state, labels and display_name
+def select(
+    resources: Sequence[Any],
+    query: Mapping[str, str],
+    schema: Mapping[str, filters.Field],
+    fields: Callable[[Any, str], Any],
+) -> list[Any]:
+    """The resources the request's `filter` keeps; `fields(resource, name)` gives a
+    resource's value for a filter field."""
+    keep = filters.compile_filter(query.get("filter", ""), schema)
+    return [resource for resource in resources if keep(functools.partial(fields, resource))]
 
 
-def parse_filter(text: str, allowed: Sequence[str]) -> list[Clause]:
-    """`a="x" AND labels.k=v ...` -> clauses; anything else is refused, naming it,
-    rather than silently matching everything."""
-    clauses: list[Clause] = []
-    position = 0
-    text = text.strip()
-    while position < len(text):
-        if clauses:
-            joiner = _AND.match(text, position)
-            if joiner is None:
-                raise invalid(
-                    f"Unsupported filter {text!r}: expected AND at {text[position:]!r}; "
-                    "only clauses joined by AND are supported"
-                )
-            position = joiner.end()
-        match = _CLAUSE.match(text, position)
-        if match is None:
+def order(resources: list[Any], order_by: str, keys: SortKeys) -> None:
+    """Sort in place by `order_by` ("create_time desc, display_name"): a comma-separated
+    list of fields, each ascending unless followed by `desc`."""
+    plan: list[tuple[Callable[[Any], Any], bool]] = []
+    for part in (p.strip() for p in order_by.split(",")):
+        words = part.split()
+        if not words or len(words) > 2 or (len(words) == 2 and words[1] not in ("asc", "desc")):
             raise invalid(
-                f"Unsupported filter {text!r} at {text[position:]!r}: supported clauses are "
-                + ", ".join(f'{name}="value"' for name in allowed)
-                + " joined by AND"
+                f"Invalid order_by {order_by!r}: expected FIELD [asc|desc], comma-separated"
             )
-        field_name = match["field"]
-        base = "labels" if field_name.startswith("labels.") else field_name
-        if base not in allowed:
+        name = filters.snake_case(words[0])
+        if name not in keys:
             raise invalid(
-                f"Unsupported filter field {field_name!r} in {text!r}: supported fields are "
-                + ", ".join(allowed)
+                f"Invalid order_by {order_by!r}: cannot order by {words[0]!r}; supported fields "
+                f"are {', '.join(sorted(keys))}"
             )
-        quoted = match["quoted"]
-        value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else match["bare"]
-        clauses.append(Clause(field=field_name, value=value, negated=match["op"] == "!="))
-        position = match.end()
-    return clauses
+        plan.append((keys[name], len(words) == 2 and words[1] == "desc"))
+    # Stable sorts, least significant key first.
+    for key, descending in reversed(plan):
+        resources.sort(key=key, reverse=descending)
 
 
-def matches(clauses: Sequence[Clause], fields: Callable[[str], Any]) -> bool:
-    """`fields(name)` gives a resource's value for a clause field (a labels map for
-    "labels", a string otherwise)."""
-    for clause in clauses:
-        if clause.field.startswith("labels."):
-            actual = fields("labels").get(clause.field.removeprefix("labels."))
-        else:
-            actual = fields(clause.field)
-        if (actual == clause.value) == clause.negated:
-            return False
-    return True
+def time_key(stamp: Any) -> tuple[int, int]:
+    return stamp.seconds, stamp.nanos
 
 
 def respond(
@@ -88,11 +64,22 @@ def respond(
     field: str,
     *,
     newest_first: bool = True,
+    sort_keys: SortKeys | None = None,
 ) -> Any:
-    """One page of `found` as a List*Response: newest first (as Vertex lists), with the
-    next page token."""
+    """One page of `found` as a List*Response, with the next page token: in the request's
+    `orderBy` when it has one (and `sort_keys` says the method takes one), else newest
+    first (as Vertex lists)."""
     if newest_first:
-        found.sort(key=lambda r: (r.create_time.seconds, r.create_time.nanos), reverse=True)
+        found.sort(key=lambda r: time_key(r.create_time), reverse=True)
+    order_by = query.get("orderBy", "")
+    if order_by and sort_keys is None:
+        # What Google's REST gateway answers for a query parameter the request lacks.
+        raise invalid(
+            'Invalid JSON payload received. Unknown name "orderBy": Cannot bind query '
+            "parameter. Field 'orderBy' could not be found in request message."
+        )
+    if order_by and sort_keys is not None:
+        order(found, order_by, sort_keys)
     items, token = page(found, int_param(query, "pageSize"), query.get("pageToken", ""))
     response = response_type.pb()(next_page_token=token)
     getattr(response, field).extend(items)

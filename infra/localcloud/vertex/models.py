@@ -1,9 +1,12 @@
 """The model registry: models as numbered versions, with aliases that live on one
-version at a time and a `default` alias that follows the newest upload, as on Vertex."""
+version at a time, as on Vertex: the first version gets the `default` alias, and a later
+upload takes it only when its own `version_aliases` name it (the SDK's
+`is_default_version=True` sends it); the version holding `default` is what a name without
+`@version` means. Model-level labels (UpdateModel without a version) are kept apart from
+each version's own labels and merged into every version returned."""
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any
 
@@ -11,7 +14,7 @@ from google.cloud import aiplatform_v1
 from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2
 
-from localcloud.vertex import listing
+from localcloud.vertex import filters, listing
 from localcloud.vertex.jobs import validate_labels
 from localcloud.vertex.operations import OperationService
 from localcloud.vertex.state import ModelPb, State
@@ -26,6 +29,36 @@ from localcloud.vertex.wire import (
 )
 
 DEFAULT_ALIAS = "default"
+# Every model here has a serving container (custom or prebuilt): Vertex lists such models
+# as deployable on dedicated resources only.
+DEPLOYMENT_TYPES = (aiplatform_v1.Model.DeploymentResourcesType.DEDICATED_RESOURCES,)
+# ListModels: `model` (the id) and display_name take = and !=, labels the map functions.
+MODEL_FILTER: dict[str, filters.Field] = {
+    "model": filters.string(),
+    "display_name": filters.string(),
+    "labels": filters.LABELS,
+    "create_time": filters.TIMESTAMP,
+    "update_time": filters.TIMESTAMP,
+}
+VERSION_FILTER: dict[str, filters.Field] = {
+    "labels": filters.LABELS,
+    "display_name": filters.string(),
+    "version_id": filters.string(),
+    "create_time": filters.TIMESTAMP,
+    "update_time": filters.TIMESTAMP,
+}
+MODEL_ORDER: listing.SortKeys = {
+    "display_name": lambda m: m.display_name,
+    "create_time": lambda m: listing.time_key(m.create_time),
+    "update_time": lambda m: listing.time_key(m.update_time),
+}
+VERSION_ORDER: listing.SortKeys = {
+    "create_time": lambda m: listing.time_key(m.version_create_time),
+    "update_time": lambda m: listing.time_key(m.version_update_time),
+}
+# UpdateModel: which fields a model-level and a version-level update may set.
+_MODEL_FIELDS = frozenset({"display_name", "description", "labels"})
+_VERSION_FIELDS = frozenset({"version_description", "labels"})
 _ALIAS = re.compile(r"[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]")
 _MODEL_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 # projects/P/locations/L/models/ID, optionally @VERSION or @ALIAS.
@@ -46,14 +79,20 @@ class ModelService:
         request = parse(body, aiplatform_v1.UploadModelRequest.pb()(), "UploadModelRequest")
         model = request.model
         _validate_model(model)
-        aliases = list(model.version_aliases)
+        aliases = _unique_aliases(list(model.version_aliases), "UploadModelRequest.model")
         with self._state.lock:
             model_id = self._model_id_for(project, location, request)
             versions = self._state.models.setdefault(model_id, {})
             version_id = str(max((int(v) for v in versions), default=0) + 1)
             stamp = now()
-            for output_only in ("deployed_models", "version_aliases", "etag"):
+            for output_only in (
+                "deployed_models",
+                "version_aliases",
+                "etag",
+                "supported_deployment_resources_types",
+            ):
                 model.ClearField(output_only)
+            model.supported_deployment_resources_types.extend(DEPLOYMENT_TYPES)
             model.name = f"projects/{project}/locations/{location}/models/{model_id}"
             model.version_id = version_id
             model.version_create_time.CopyFrom(stamp)
@@ -62,8 +101,11 @@ class ModelService:
             model.create_time.CopyFrom(first.create_time if first is not None else stamp)
             model.update_time.CopyFrom(stamp)
             versions[version_id] = model
-            # The newest upload becomes the default version; its own aliases move to it.
-            _move_aliases(versions, version_id, [DEFAULT_ALIAS, *aliases])
+            # The first version is the default; a later one only if it asks to be. An
+            # alias another version holds moves to the new one (aliases are unique).
+            if first is None and DEFAULT_ALIAS not in aliases:
+                aliases.insert(0, DEFAULT_ALIAS)
+            _move_aliases(versions, version_id, aliases)
             self._state.save()
         response = aiplatform_v1.UploadModelResponse.pb()(
             model=model.name, model_version_id=version_id
@@ -74,43 +116,98 @@ class ModelService:
 
     def get(self, name: str) -> Any:
         with self._state.lock:
-            return _copy(self.resolve(name))
+            return self._view(self.resolve(name))
 
     def list(self, project: str, location: str, query: dict[str, str]) -> Any:
-        clauses = listing.parse_filter(query.get("filter", ""), ("labels", "display_name"))
+        # ListModels lists each model once, as its default version.
         with self._state.lock:
             defaults = [
-                _copy(_default_version(versions))
+                self._view(_default_version(versions))
                 for versions in self._state.models.values()
                 if versions
             ]
-        found = [
-            model
-            for model in defaults
-            if listing.in_location(model.name, project, location)
-            and listing.matches(clauses, functools.partial(_model_field, model))
-        ]
-        return listing.respond(found, query, aiplatform_v1.ListModelsResponse, "models")
+        here = [m for m in defaults if listing.in_location(m.name, project, location)]
+        found = listing.select(here, query, MODEL_FILTER, _model_field)
+        return listing.respond(
+            found, query, aiplatform_v1.ListModelsResponse, "models", sort_keys=MODEL_ORDER
+        )
 
     def list_versions(self, name: str, query: dict[str, str]) -> Any:
-        clauses = listing.parse_filter(query.get("filter", ""), ("labels", "display_name"))
         with self._state.lock:
             versions = self._versions_of(name)
-            found = [
-                _copy(model)
+            ordered = [
+                self._view(model)
                 for _, model in sorted(versions.items(), key=lambda item: int(item[0]))
-                if listing.matches(clauses, functools.partial(_model_field, model))
             ]
+        found = listing.select(ordered, query, VERSION_FILTER, _version_field)
         return listing.respond(
-            found, query, aiplatform_v1.ListModelVersionsResponse, "models", newest_first=False
+            found,
+            query,
+            aiplatform_v1.ListModelVersionsResponse,
+            "models",
+            newest_first=False,
+            sort_keys=VERSION_ORDER,
         )
+
+    def update(self, name: str, query: dict[str, str], body: Any) -> Any:
+        """UpdateModel: `models/ID` (or `models/ID@-`) updates the model's display_name,
+        description and labels; `models/ID@VERSION` a version's version_description and
+        labels. Mixing the two is a precondition error, as documented."""
+        patch = parse(body, ModelPb(), "Model")
+        paths = {
+            filters.snake_case(path) for path in query.get("updateMask", "").split(",") if path
+        }
+        if not paths:
+            raise invalid("update_mask is required: name the fields to update")
+        unknown = sorted(paths - _MODEL_FIELDS - _VERSION_FIELDS)
+        if unknown:
+            raise invalid(
+                f"update_mask names fields that cannot be updated: {', '.join(unknown)}; "
+                "supported: display_name, description, labels, version_description"
+            )
+        base, _, version = name.partition("@")
+        model_level = version in ("", "-")
+        allowed = _MODEL_FIELDS if model_level else _VERSION_FIELDS
+        if not paths <= allowed:
+            raise precondition(
+                f"update_mask fields {', '.join(sorted(paths - allowed))} cannot be updated "
+                f"through {name}: update display_name and description on the model "
+                "(models/ID), version_description on a version (models/ID@VERSION)"
+            )
+        if "display_name" in paths and not patch.display_name:
+            raise invalid("Model.display_name cannot be empty")
+        if "labels" in paths:
+            validate_labels(patch.labels, "Model")
+        with self._state.lock:
+            versions = self._versions_of(base)
+            target = self.resolve(base if model_level else name)
+            changed = list(versions.values()) if model_level else [target]
+            stamp = now()
+            for model in changed:
+                if "display_name" in paths:
+                    model.display_name = patch.display_name
+                if "description" in paths:
+                    model.description = patch.description
+                if "version_description" in paths:
+                    model.version_description = patch.version_description
+                if "labels" in paths and not model_level:
+                    model.ClearField("labels")
+                    model.labels.update(patch.labels)
+                model.update_time.CopyFrom(stamp)
+                if not model_level:
+                    model.version_update_time.CopyFrom(stamp)
+            if "labels" in paths and model_level:
+                self._state.model_labels[_id_of(target.name)] = dict(patch.labels)
+            self._state.save()
+            return self._view(target)
 
     def merge_version_aliases(self, name: str, body: Any) -> Any:
         request = parse(
             body, aiplatform_v1.MergeVersionAliasesRequest.pb()(), "MergeVersionAliasesRequest"
         )
-        adds = [alias for alias in request.version_aliases if not alias.startswith("-")]
-        removes = [alias[1:] for alias in request.version_aliases if alias.startswith("-")]
+        requested = _unique_aliases(list(request.version_aliases), "MergeVersionAliasesRequest")
+        adds = [alias for alias in requested if not alias.startswith("-")]
+        removes = [alias[1:] for alias in requested if alias.startswith("-")]
         for alias in (*adds, *removes):
             _validate_alias(alias)
         if DEFAULT_ALIAS in removes:
@@ -129,7 +226,7 @@ class ModelService:
             model.version_update_time.CopyFrom(now())
             model.update_time.CopyFrom(model.version_update_time)
             self._state.save()
-            return _copy(model)
+            return self._view(model)
 
     def delete_version(self, name: str) -> operations_pb2.Operation:
         with self._state.lock:
@@ -157,7 +254,8 @@ class ModelService:
             versions = self._versions_of(name)
             base = next(iter(versions.values())).name
             self._refuse_if_deployed(base, set(versions))
-            del self._state.models[base.rsplit("/", 1)[1]]
+            del self._state.models[_id_of(base)]
+            self._state.model_labels.pop(_id_of(base), None)
             self._state.save()
         return self._operations.finish(
             base, aiplatform_v1.DeleteOperationMetadata.pb()(), empty_pb2.Empty()
@@ -171,6 +269,16 @@ class ModelService:
                         f"{model_name}@{deployed.model_version_id} is deployed to "
                         f"{endpoint.name} as {deployed.id}: undeploy it first"
                     )
+
+    def _view(self, model: Any) -> Any:
+        """A version as the API returns it: a copy, with the model-level labels merged
+        under the version's own."""
+        clone = _copy(model)
+        model_labels = self._state.model_labels.get(_id_of(model.name), {})
+        merged = {**model_labels, **dict(model.labels)}
+        clone.ClearField("labels")
+        clone.labels.update(merged)
+        return clone
 
     # -- shared with endpoints ----------------------------------------------------------
 
@@ -247,6 +355,13 @@ def _validate_model(model: Any) -> None:
         _validate_alias(alias)
 
 
+def _unique_aliases(aliases: list[str], what: str) -> list[str]:
+    repeated = sorted({alias for alias in aliases if aliases.count(alias) > 1})
+    if repeated:
+        raise invalid(f"{what}.version_aliases repeats {', '.join(repeated)}: aliases are unique")
+    return aliases
+
+
 def _validate_alias(alias: str) -> None:
     if not _ALIAS.fullmatch(alias):
         raise invalid(
@@ -276,7 +391,18 @@ def _default_version(versions: dict[str, Any]) -> Any:
 
 
 def _model_field(model: Any, name: str) -> Any:
-    return model.labels if name == "labels" else model.display_name
+    return _id_of(model.name) if name == "model" else getattr(model, name)
+
+
+def _version_field(model: Any, name: str) -> Any:
+    # A version's own times, not the model's.
+    if name in ("create_time", "update_time"):
+        return getattr(model, f"version_{name}")
+    return getattr(model, name)
+
+
+def _id_of(name: str) -> str:
+    return name.split("@", 1)[0].rsplit("/", 1)[1]
 
 
 def _copy(model: Any) -> Any:

@@ -27,13 +27,15 @@ STATE_FILE = "vertex-state.json"
 
 @dataclass
 class State:
-    """All resources, keyed by numeric id (models: id -> version id -> version).
+    """All resources, keyed by numeric id (models: id -> version id -> version;
+    model_labels: id -> the labels set on the model rather than on one version).
 
     `lock` guards every read-modify-write; call `save()` while holding it."""
 
     path: Path
     jobs: dict[str, Any] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_labels: dict[str, dict[str, str]] = field(default_factory=dict)
     endpoints: dict[str, Any] = field(default_factory=dict)
     operations: dict[str, operations_pb2.Operation] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -51,6 +53,8 @@ class State:
                 model_id: {v: _parse(d, ModelPb()) for v, d in versions.items()}
                 for model_id, versions in data["models"].items()
             }
+            # Absent from states written before model-level labels existed.
+            state.model_labels = {k: dict(v) for k, v in data.get("modelLabels", {}).items()}
             state.endpoints = {k: _parse(v, EndpointPb()) for k, v in data["endpoints"].items()}
             state.operations = {
                 k: _parse(v, operations_pb2.Operation()) for k, v in data["operations"].items()
@@ -69,6 +73,7 @@ class State:
                 model_id: {v: _dump(m) for v, m in versions.items()}
                 for model_id, versions in self.models.items()
             },
+            "modelLabels": self.model_labels,
             "endpoints": {k: _dump(v) for k, v in self.endpoints.items()},
             "operations": {k: _dump(v) for k, v in self.operations.items()},
         }
