@@ -1,103 +1,55 @@
 """The state and delivery rules of the local Pub/Sub server, free of any transport.
 
-Every subscription keeps its unacknowledged messages as entries ordered by the moment they
-become deliverable: now for a fresh message, the lease expiry for a delivered one, the end
-of the backoff for a nacked one. Delivering an entry leases it under a new ack id and counts
-an attempt; an ack with the current ack id removes it. All methods take one lock, and the
-lock's condition wakes whoever waits for messages (Pull, StreamingPull, push delivery).
+Each subscription keeps a backlog of its unacknowledged messages (see backlog.py).
+Delivering an entry leases it under a new ack id and counts an attempt; an ack with the
+current ack id removes it. Seek rewrites a backlog from what retention.py kept. All methods
+take one lock, and the lock's condition wakes whoever waits for messages (Pull,
+StreamingPull, push delivery).
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
-import re
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
-from google.protobuf import field_mask_pb2
-from google.pubsub_v1.types import pubsub
-
-from localcloud.pubsub.errors import AlreadyExists, InvalidArgument, NotFound, ServerClosed
-from localcloud.pubsub.store import PendingRow, Store
+from localcloud.pubsub.backlog import Backlog, Entry
+from localcloud.pubsub.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ServerClosed,
+)
+from localcloud.pubsub.resources import (
+    DELETED_TOPIC,
+    MAX_ACK_DEADLINE_S,
+    Pb,
+    PubsubMessage,
+    ReceivedMessage,
+    Subscription,
+    Topic,
+    apply_update_mask,
+    backoff_s,
+    check_subscription_name,
+    check_topic_name,
+    counts_attempts,
+    project_of,
+    validate_subscription,
+    validate_topic,
+)
+from localcloud.pubsub.retention import Retention
+from localcloud.pubsub.store import PendingRow, RetainedRow, Store
 
 log = logging.getLogger(__name__)
 
-# Raw protobuf messages of google.pubsub.v1. Their classes are built at run time from the
-# proto-plus wrappers, so the type checker cannot see their fields.
-Pb = Any
-
-Topic = pubsub.Topic.pb()
-Subscription = pubsub.Subscription.pb()
-PubsubMessage = pubsub.PubsubMessage.pb()
-ReceivedMessage = pubsub.ReceivedMessage.pb()
-PushConfig = pubsub.PushConfig.pb()
-
-DELETED_TOPIC = "_deleted-topic_"
-DEFAULT_ACK_DEADLINE_S = 10
-MAX_ACK_DEADLINE_S = 600
-DEFAULT_MIN_BACKOFF_S = 10.0
-DEFAULT_MAX_BACKOFF_S = 600.0
-
-# The real service's resource id rule (no "goog" prefix, 3-255 characters).
-_ID = r"(?!goog)[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}"
-_TOPIC_NAME = re.compile(rf"^projects/([^/]+)/topics/({_ID})$")
-_SUBSCRIPTION_NAME = re.compile(rf"^projects/([^/]+)/subscriptions/({_ID})$")
-
-
-def check_topic_name(name: str) -> str:
-    if not _TOPIC_NAME.match(name):
-        raise InvalidArgument(f"Invalid [topics] name: ({name})")
-    return name
-
-
-def check_subscription_name(name: str) -> str:
-    if not _SUBSCRIPTION_NAME.match(name):
-        raise InvalidArgument(f"Invalid [subscriptions] name: ({name})")
-    return name
-
-
-def project_of(name: str) -> str:
-    return name.split("/")[1]
-
-
-@dataclass
-class _Entry:
-    message_id: str
-    seq: int
-    message: bytes  # a serialized PubsubMessage: parsed only when delivered
-    attempts: int
-    available_at: float
-    ack_id: str | None = None
-    version: int = 0
-
-
-@dataclass
-class _Sub:
-    pb: Pb  # a Subscription
-    entries: dict[str, _Entry] = field(default_factory=dict)
-    # (available_at, seq, version, message_id); stale items are skipped when popped.
-    heap: list[tuple[float, int, int, str]] = field(default_factory=list)
-
-
-def backoff_s(subscription: Pb, attempts: int) -> float:
-    """Exponential backoff after the `attempts`-th failed delivery, within the retry policy."""
-    policy = subscription.retry_policy
-    low = DEFAULT_MIN_BACKOFF_S
-    high = DEFAULT_MAX_BACKOFF_S
-    if subscription.HasField("retry_policy"):
-        if policy.HasField("minimum_backoff"):
-            low = policy.minimum_backoff.ToTimedelta().total_seconds()
-        if policy.HasField("maximum_backoff"):
-            high = policy.maximum_backoff.ToTimedelta().total_seconds()
-    return float(min(high, low * 2 ** max(attempts - 1, 0)))
+__all__ = ["MAX_ACK_DEADLINE_S", "Broker", "Pb"]
 
 
 class Broker:
-    """Topics, subscriptions and their pending messages, persisted in `store`."""
+    """Topics, subscriptions, snapshots and pending messages, persisted in `store`."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -105,26 +57,28 @@ class Broker:
         self._closed = False
         self._changes = 0
         self._topics: dict[str, Pb] = {}
-        self._subs: dict[str, _Sub] = {}
+        self._subs: dict[str, Backlog] = {}
+        self._retention = Retention(store)
         self._seq = itertools.count()
         # A fresh state starts ids at the clock (in microseconds), so ids stay unique across
         # state dirs that are wiped: subscribers use them as idempotency keys.
         first_id = str(time.time_ns() // 1000)
         self._next_id = int(store.get_meta("next_message_id", first_id))
+        # Ack ids name one lease; counting from the clock keeps them unique across restarts.
+        self._leases = itertools.count(time.time_ns() // 1000)
         self._load()
 
     def _load(self) -> None:
         for name, raw in self._store.topics():
             self._topics[name] = Topic.FromString(raw)
+        origins = self._store.origins()
         for name, raw in self._store.subscriptions():
-            self._subs[name] = _Sub(Subscription.FromString(raw))
+            self._subs[name] = Backlog.of(Subscription.FromString(raw), origins.get(name, 0))
         now = time.monotonic()
         for row in self._store.pending():
-            sub = self._subs.get(row.subscription)
-            if sub is not None:  # messages in flight at shutdown are deliverable again
-                self._push_entry(
-                    sub, _Entry(row.message_id, next(self._seq), row.pb, row.attempts, now)
-                )
+            backlog = self._subs.get(row.subscription)
+            if backlog is not None:  # messages in flight at shutdown are deliverable again
+                backlog.put(Entry(row.message_id, next(self._seq), row.pb, row.attempts, now))
 
     def close(self) -> None:
         with self._cond:
@@ -140,6 +94,7 @@ class Broker:
 
     def create_topic(self, topic: Pb) -> Pb:
         name = check_topic_name(topic.name)
+        validate_topic(topic)
         with self._cond:
             self._check_open()
             if name in self._topics:
@@ -157,21 +112,37 @@ class Broker:
         with self._cond:
             return [t for n, t in sorted(self._topics.items()) if n.startswith(prefix)]
 
+    def update_topic(self, topic: Pb, mask: Pb) -> Pb:
+        """Apply the fields named by the update mask (the real UpdateTopic)."""
+        with self._cond:
+            current = self._topic(topic.name)
+            updated = apply_update_mask(current, topic, mask, "UpdateTopicRequest")
+            validate_topic(updated)
+            self._topics[updated.name] = updated
+            self._store.put_topic(updated.name, updated.SerializeToString())
+            return updated
+
     def delete_topic(self, name: str) -> None:
         with self._cond:
             self._topic(name)
             del self._topics[name]
             self._store.delete_topic(name)
             # As on the real service, subscriptions outlive their topic, detached from it.
-            for sub_name, sub in self._subs.items():
-                if sub.pb.topic == name:
-                    sub.pb.topic = DELETED_TOPIC
-                    self._store.put_subscription(sub_name, sub.pb.SerializeToString())
+            for sub_name, backlog in self._subs.items():
+                if backlog.pb.topic == name:
+                    backlog.pb.topic = DELETED_TOPIC
+                    self._store.put_subscription(sub_name, backlog.pb.SerializeToString())
+            self._retention.prune(name, None, [], force=True)
 
     def list_topic_subscriptions(self, topic: str) -> list[str]:
         with self._cond:
             self._topic(topic)
-            return sorted(n for n, s in self._subs.items() if s.pb.topic == topic)
+            return sorted(n for n, b in self._subs.items() if b.pb.topic == topic)
+
+    def list_topic_snapshots(self, topic: str) -> list[str]:
+        with self._cond:
+            self._topic(topic)
+            return self._retention.topic_snapshots(topic)
 
     def _topic(self, name: str) -> Pb:
         self._check_open()
@@ -184,7 +155,8 @@ class Broker:
     # -- publishing -----------------------------------------------------------------------
 
     def publish(self, topic: str, messages: list[Pb]) -> list[str]:
-        """Stamp id and publish time on each message and copy it to every subscription."""
+        """Stamp id and publish time on each message and copy it to every subscription
+        whose filter it passes."""
         if not messages:
             raise InvalidArgument("The request contains no messages")
         for message in messages:
@@ -198,10 +170,14 @@ class Broker:
             return ids
 
     def _publish_locked(self, topic: str, messages: list[Pb]) -> list[str]:
-        targets = [(n, s) for n, s in self._subs.items() if s.pb.topic == topic]
+        targets = [(n, b) for n, b in self._subs.items() if b.pb.topic == topic]
+        topic_pb = self._topics[topic]
+        subscriptions = [b.pb for _, b in targets]
+        keep = self._retention.keeps(topic, topic_pb, subscriptions)
         now = time.monotonic()
         ids: list[str] = []
         rows: list[PendingRow] = []
+        retained: list[RetainedRow] = []
         for message in messages:
             stamped = PubsubMessage()
             stamped.CopyFrom(message)
@@ -210,11 +186,16 @@ class Broker:
             self._next_id += 1
             ids.append(stamped.message_id)
             raw = stamped.SerializeToString()
-            for name, sub in targets:
-                entry = _Entry(stamped.message_id, next(self._seq), raw, 0, now)
-                self._push_entry(sub, entry)
-                rows.append(PendingRow(name, entry.message_id, entry.seq, raw, 0))
-        self._store.add_pending(rows, self._next_id)
+            if keep:
+                publish_us = stamped.publish_time.ToMicroseconds()
+                retained.append(RetainedRow(topic, int(stamped.message_id), publish_us, raw))
+            for name, backlog in targets:
+                if backlog.wants(stamped):
+                    entry = Entry(stamped.message_id, next(self._seq), raw, 0, now)
+                    backlog.put(entry)
+                    rows.append(PendingRow(name, entry.message_id, entry.seq, raw, 0))
+        self._store.add_pending(rows, self._next_id, retained)
+        self._retention.prune(topic, topic_pb, subscriptions)
         return ids
 
     # -- subscriptions --------------------------------------------------------------------
@@ -228,27 +209,18 @@ class Broker:
                 raise AlreadyExists("Subscription already exists")
             self._topic(sub_pb.topic)
             self._validate_subscription(sub_pb)
-            self._subs[name] = _Sub(sub_pb)
+            # Only messages published from now on reach it (or a Seek of it, unless the
+            # topic retains older ones).
+            self._subs[name] = Backlog.of(sub_pb, self._next_id)
             self._store.put_subscription(name, sub_pb.SerializeToString())
+            self._store.put_origin(name, self._next_id)
             self._notify()
             return sub_pb
 
     def _validate_subscription(self, sub_pb: Pb) -> None:
-        deadline = sub_pb.ack_deadline_seconds
-        if deadline == 0:
-            sub_pb.ack_deadline_seconds = DEFAULT_ACK_DEADLINE_S
-        # The real minimum is 10 s; localcloud allows less so that tests stay fast.
-        elif not 1 <= deadline <= MAX_ACK_DEADLINE_S:
-            raise InvalidArgument(f"Invalid ack_deadline_seconds: {deadline} (1..600)")
-        if sub_pb.HasField("dead_letter_policy"):
-            policy = sub_pb.dead_letter_policy
-            if policy.dead_letter_topic:
-                self._topic(policy.dead_letter_topic)
-            if policy.max_delivery_attempts == 0:
-                policy.max_delivery_attempts = 5
-            # The real range is 5..100; localcloud allows fewer so that tests stay fast.
-            elif not 1 <= policy.max_delivery_attempts <= 100:
-                raise InvalidArgument("max_delivery_attempts must be within 1..100")
+        validate_subscription(sub_pb)
+        if sub_pb.HasField("dead_letter_policy") and sub_pb.dead_letter_policy.dead_letter_topic:
+            self._topic(sub_pb.dead_letter_policy.dead_letter_topic)
 
     def get_subscription(self, name: str) -> Pb:
         with self._cond:
@@ -257,7 +229,7 @@ class Broker:
     def list_subscriptions(self, project: str) -> list[Pb]:
         prefix = f"{project}/subscriptions/"
         with self._cond:
-            return [s.pb for n, s in sorted(self._subs.items()) if n.startswith(prefix)]
+            return [b.pb for n, b in sorted(self._subs.items()) if n.startswith(prefix)]
 
     def delete_subscription(self, name: str) -> None:
         with self._cond:
@@ -268,26 +240,9 @@ class Broker:
 
     def update_subscription(self, subscription: Pb, mask: Pb) -> Pb:
         """Apply the fields named by the update mask (the real UpdateSubscription)."""
-        field_mask = field_mask_pb2.FieldMask()
-        field_mask.CopyFrom(mask)
-        paths = list(field_mask.paths)
-        if not paths:
-            raise InvalidArgument("update_mask must name at least one field")
-        if {"name", "topic"} & set(paths):
-            raise InvalidArgument("name and topic cannot be updated")
         with self._cond:
             current = self._sub(subscription.name)
-            updated = Subscription()
-            updated.CopyFrom(current.pb)
-            try:
-                field_mask.MergeMessage(
-                    subscription,
-                    updated,
-                    replace_message_field=True,
-                    replace_repeated_field=True,
-                )
-            except ValueError as err:
-                raise InvalidArgument(f"Invalid update_mask: {err}") from err
+            updated = apply_update_mask(current.pb, subscription, mask, "UpdateSubscriptionRequest")
             self._validate_subscription(updated)
             current.pb = updated
             self._store.put_subscription(updated.name, updated.SerializeToString())
@@ -296,16 +251,16 @@ class Broker:
 
     def modify_push_config(self, name: str, push_config: Pb) -> None:
         with self._cond:
-            sub = self._sub(name)
-            sub.pb.push_config.CopyFrom(push_config)
-            self._store.put_subscription(name, sub.pb.SerializeToString())
+            backlog = self._sub(name)
+            backlog.pb.push_config.CopyFrom(push_config)
+            self._store.put_subscription(name, backlog.pb.SerializeToString())
             self._notify()
 
     def push_subscriptions(self) -> list[tuple[str, Pb]]:
         with self._cond:
-            return [(n, s.pb) for n, s in self._subs.items() if s.pb.push_config.push_endpoint]
+            return [(n, b.pb) for n, b in self._subs.items() if b.pb.push_config.push_endpoint]
 
-    def _sub(self, name: str) -> _Sub:
+    def _sub(self, name: str) -> Backlog:
         self._check_open()
         check_subscription_name(name)
         try:
@@ -313,75 +268,194 @@ class Broker:
         except KeyError:
             raise NotFound(f"Subscription does not exist: {name}") from None
 
+    # -- snapshots and seek ---------------------------------------------------------------
+
+    def create_snapshot(self, name: str, subscription: str, labels: dict[str, str]) -> Pb:
+        with self._cond:
+            backlog = self._sub(subscription)
+            if backlog.pb.topic == DELETED_TOPIC:
+                raise FailedPrecondition(f"The topic of {subscription} has been deleted")
+            return self._retention.create_snapshot(
+                name,
+                subscription,
+                backlog.pb.topic,
+                list(backlog.entries.values()),
+                self._next_id,
+                labels,
+            )
+
+    def get_snapshot(self, name: str) -> Pb:
+        with self._cond:
+            self._check_open()
+            return self._retention.snapshot(name).pb
+
+    def list_snapshots(self, project: str) -> list[Pb]:
+        with self._cond:
+            self._check_open()
+            return self._retention.list_snapshots(project)
+
+    def update_snapshot(self, snapshot: Pb, mask: Pb) -> Pb:
+        with self._cond:
+            self._check_open()
+            return self._retention.update_snapshot(snapshot, mask)
+
+    def delete_snapshot(self, name: str) -> None:
+        with self._cond:
+            self._check_open()
+            topic = self._retention.delete_snapshot(name)
+            subscriptions = [b.pb for b in self._subs.values() if b.pb.topic == topic]
+            self._retention.prune(topic, self._topics.get(topic), subscriptions, force=True)
+
+    def seek_to_time(self, subscription: str, time_us: int) -> None:
+        """Mark what the subscription retains as acknowledged when published before
+        `time_us` and unacknowledged from then on."""
+        with self._cond:
+            backlog = self._sub(subscription)
+            topic = backlog.pb.topic
+            rows = self._retention.replay_for_time(
+                topic, self._topics.get(topic), backlog.pb, backlog.origin, time_us
+            )
+            self._reset_backlog(subscription, backlog, lambda e: e.publish_us() >= time_us, rows)
+
+    def seek_to_snapshot(self, subscription: str, snapshot: str) -> None:
+        """Make the subscription's backlog what the snapshot holds."""
+        with self._cond:
+            backlog = self._sub(subscription)
+            record = self._retention.snapshot(snapshot)
+            if record.pb.topic != backlog.pb.topic:
+                raise FailedPrecondition(
+                    f"The snapshot {snapshot} is of topic {record.pb.topic}, not of the "
+                    f"subscription's topic {backlog.pb.topic}"
+                )
+
+            def held(entry: Entry) -> bool:
+                first_after = int(entry.message_id) >= record.first_after_id
+                return first_after or entry.message_id in record.message_ids
+
+            rows = self._retention.replay_for_snapshot(record)
+            self._reset_backlog(subscription, backlog, held, rows)
+
+    def _reset_backlog(
+        self,
+        name: str,
+        backlog: Backlog,
+        keep: Callable[[Entry], bool],
+        replayed: list[RetainedRow],
+    ) -> None:
+        """Acknowledge the entries `keep` rejects, end the leases of the others, and add the
+        replayed messages the subscription does not hold (through its filter)."""
+        now = time.monotonic()
+        removed = [mid for mid, entry in backlog.entries.items() if not keep(entry)]
+        backlog.remove(removed)
+        for entry in list(backlog.entries.values()):
+            entry.ack_id = None
+            backlog.reschedule(entry, now)
+        added: list[PendingRow] = []
+        for row in replayed:
+            message_id = str(row.message_id)
+            if message_id in backlog.entries:
+                continue
+            if not backlog.wants(PubsubMessage.FromString(row.pb)):
+                continue
+            entry = Entry(message_id, next(self._seq), row.pb, 0, now)
+            backlog.put(entry)
+            added.append(PendingRow(name, message_id, entry.seq, row.pb, 0))
+        self._store.rewrite_backlog(name, removed, added)
+        self._notify()
+
     # -- delivery -------------------------------------------------------------------------
 
     def lease(self, subscription: str, max_messages: int, deadline_s: float) -> list[Pb]:
         """Deliver up to `max_messages` deliverable messages, leased for `deadline_s`."""
         with self._cond:
             self._check_open()
-            sub = self._sub(subscription)
+            backlog = self._sub(subscription)
+            counted_attempts = counts_attempts(backlog.pb)
             now = time.monotonic()
             out: list[Pb] = []
             counted: list[tuple[str, int]] = []
             while len(out) < max_messages:
-                entry = self._pop_available(sub, now)
+                entry = backlog.pop_available(now)
                 if entry is None:
                     break
-                if self._exhausted(sub, entry):
-                    self._dead_letter(subscription, sub, entry)
+                if self._exhausted(backlog, entry):
+                    self._dead_letter(subscription, backlog, entry)
                     continue
                 entry.attempts += 1
-                entry.ack_id = f"{entry.message_id}-{entry.attempts}"
-                entry.available_at = now + deadline_s
-                self._push_entry(sub, entry)
+                entry.ack_id = f"{entry.message_id}-{next(self._leases)}"
+                backlog.reschedule(entry, now + deadline_s)
                 counted.append((entry.message_id, entry.attempts))
-                received = ReceivedMessage(ack_id=entry.ack_id, delivery_attempt=entry.attempts)
+                received = ReceivedMessage(
+                    ack_id=entry.ack_id,
+                    delivery_attempt=entry.attempts if counted_attempts else 0,
+                )
                 received.message.ParseFromString(entry.message)
                 out.append(received)
             if counted:
                 self._store.set_attempts(subscription, counted)
             return out
 
-    def acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
+    def acknowledge(self, subscription: str, ack_ids: list[str]) -> list[str]:
+        """Remove the messages the ack ids lease. Returns the ack ids that name no current
+        lease when the subscription has exactly-once delivery (where an expired lease no
+        longer counts), and [] otherwise: elsewhere acks are best effort."""
         with self._cond:
-            sub = self._sub(subscription)
-            done = [e.message_id for e in self._current(sub, ack_ids)]
-            for message_id in done:
-                del sub.entries[message_id]
+            backlog = self._sub(subscription)
+            exactly_once = backlog.pb.enable_exactly_once_delivery
+            found = backlog.current(ack_ids, time.monotonic() if exactly_once else None)
+            invalid = self._invalid(exactly_once, ack_ids, found)
+            done = sorted({e.message_id for e in found})
+            backlog.remove(done)
             if done:
                 self._store.remove_pending(subscription, done)
+            return invalid
 
-    def modify_ack_deadline(self, subscription: str, ack_ids: list[str], seconds: float) -> None:
+    def modify_ack_deadline(
+        self, subscription: str, ack_ids: list[str], seconds: float
+    ) -> list[str]:
         """Extend leases, or with 0 s nack them (redelivered after the retry policy's backoff
-        when the subscription has one, at once otherwise)."""
+        when the subscription has one, at once otherwise). Returns the invalid ack ids as
+        `acknowledge` does."""
         if not 0 <= seconds <= MAX_ACK_DEADLINE_S:
             raise InvalidArgument(f"Invalid ack deadline: {seconds} s (0..600)")
         with self._cond:
-            sub = self._sub(subscription)
-            has_policy = sub.pb.HasField("retry_policy")
-            for entry in self._current(sub, ack_ids):
+            backlog = self._sub(subscription)
+            exactly_once = backlog.pb.enable_exactly_once_delivery
+            has_policy = backlog.pb.HasField("retry_policy")
+            now = time.monotonic()
+            found = backlog.current(ack_ids, now if exactly_once else None)
+            invalid = self._invalid(exactly_once, ack_ids, found)
+            for entry in found:
                 if seconds == 0 and has_policy:
-                    seconds_now = backoff_s(sub.pb, entry.attempts)
+                    seconds_now = backoff_s(backlog.pb, entry.attempts)
                 else:
                     seconds_now = seconds
-                self._reschedule(sub, entry, seconds_now)
+                backlog.reschedule(entry, time.monotonic() + seconds_now)
                 if seconds_now == 0:
                     entry.ack_id = None
             self._notify()
+            return invalid
+
+    @staticmethod
+    def _invalid(exactly_once: bool, ack_ids: list[str], found: list[Entry]) -> list[str]:
+        if not exactly_once:
+            return []
+        valid = {e.ack_id for e in found}
+        return sorted({a for a in ack_ids if a not in valid})
 
     def nack_push(self, subscription: str, ack_id: str) -> None:
         """A failed push: dead-letter when attempts are used up, else back off."""
         with self._cond:
             if self._closed or subscription not in self._subs:
                 return
-            sub = self._subs[subscription]
-            for entry in self._current(sub, [ack_id]):
+            backlog = self._subs[subscription]
+            for entry in backlog.current([ack_id]):
                 entry.ack_id = None
-                if self._exhausted(sub, entry):
-                    del sub.entries[entry.message_id]
-                    self._dead_letter(subscription, sub, entry)
+                if self._exhausted(backlog, entry):
+                    self._dead_letter(subscription, backlog, entry)
                 else:
-                    self._reschedule(sub, entry, backoff_s(sub.pb, entry.attempts))
+                    delay = backoff_s(backlog.pb, entry.attempts)
+                    backlog.reschedule(entry, time.monotonic() + delay)
             self._notify()
 
     def ack_push(self, subscription: str, ack_id: str) -> None:
@@ -393,24 +467,17 @@ class Broker:
     def still_leased(self, subscription: str, ack_ids: set[str]) -> set[str]:
         """The ack ids whose lease is current and has not expired."""
         with self._cond:
-            sub = self._subs.get(subscription)
-            if sub is None:
+            backlog = self._subs.get(subscription)
+            if backlog is None:
                 return set()
-            now = time.monotonic()
-            return {
-                entry.ack_id
-                for entry in self._current(sub, list(ack_ids))
-                if entry.ack_id is not None and entry.available_at > now
-            }
+            live = backlog.current(list(ack_ids), time.monotonic())
+            return {entry.ack_id for entry in live if entry.ack_id is not None}
 
     def next_deliverable_at(self, subscription: str) -> float | None:
         """When the subscription's earliest message becomes deliverable (monotonic time)."""
         with self._cond:
-            sub = self._subs.get(subscription)
-            if sub is None:
-                return None
-            self._drop_stale(sub)
-            return sub.heap[0][0] if sub.heap else None
+            backlog = self._subs.get(subscription)
+            return None if backlog is None else backlog.next_available_at()
 
     @property
     def changes(self) -> int:
@@ -435,52 +502,17 @@ class Broker:
         self._changes += 1
         self._cond.notify_all()
 
-    def _current(self, sub: _Sub, ack_ids: list[str]) -> list[_Entry]:
-        """Entries whose lease is still the one named by the ack id; others are ignored."""
-        found = []
-        for ack_id in ack_ids:
-            entry = sub.entries.get(ack_id.rsplit("-", 1)[0])
-            if entry is not None and entry.ack_id == ack_id:
-                found.append(entry)
-        return found
-
-    def _reschedule(self, sub: _Sub, entry: _Entry, delay_s: float) -> None:
-        entry.available_at = time.monotonic() + delay_s
-        self._push_entry(sub, entry)
-
-    def _push_entry(self, sub: _Sub, entry: _Entry) -> None:
-        entry.version += 1
-        sub.entries[entry.message_id] = entry
-        heapq.heappush(sub.heap, (entry.available_at, entry.seq, entry.version, entry.message_id))
-
-    def _drop_stale(self, sub: _Sub) -> None:
-        while sub.heap:
-            _, _, version, message_id = sub.heap[0]
-            entry = sub.entries.get(message_id)
-            if entry is not None and entry.version == version:
-                return
-            heapq.heappop(sub.heap)
-
-    def _pop_available(self, sub: _Sub, now: float) -> _Entry | None:
-        self._drop_stale(sub)
-        if not sub.heap or sub.heap[0][0] > now:
-            return None
-        message_id = heapq.heappop(sub.heap)[3]
-        return sub.entries[message_id]
-
     @staticmethod
-    def _exhausted(sub: _Sub, entry: _Entry) -> bool:
-        pb = sub.pb
-        if not pb.HasField("dead_letter_policy"):
+    def _exhausted(backlog: Backlog, entry: Entry) -> bool:
+        if not counts_attempts(backlog.pb):
             return False
-        policy = pb.dead_letter_policy
-        return bool(policy.dead_letter_topic) and entry.attempts >= policy.max_delivery_attempts
+        return entry.attempts >= backlog.pb.dead_letter_policy.max_delivery_attempts
 
-    def _dead_letter(self, name: str, sub: _Sub, entry: _Entry) -> None:
+    def _dead_letter(self, name: str, backlog: Backlog, entry: Entry) -> None:
         """Forward to the dead-letter topic with the attributes the real service adds."""
-        sub.entries.pop(entry.message_id, None)
+        backlog.remove([entry.message_id])
         self._store.remove_pending(name, [entry.message_id])
-        dead_letter_topic = sub.pb.dead_letter_policy.dead_letter_topic
+        dead_letter_topic = backlog.pb.dead_letter_policy.dead_letter_topic
         if dead_letter_topic not in self._topics:
             log.warning(
                 "dead-letter topic %s is gone; dropping message %s",

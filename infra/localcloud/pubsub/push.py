@@ -1,5 +1,6 @@
 """Push delivery: POST each message of a push subscription to its endpoint, the way the real
-service does, and turn the answer into an ack (2xx) or a nack with backoff."""
+service does — the JSON wrapper, or with `no_wrapper` the raw data and metadata headers — and
+turn the answer into an ack (2xx) or a nack with backoff."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import http.client
 import json
 import logging
 import queue
+import re
 import threading
 import time
 import urllib.parse
@@ -25,10 +27,15 @@ ACK_STATUSES = frozenset({102, 200, 201, 202, 204})
 PER_SUBSCRIPTION_LIMIT = 16
 # How long the dispatcher sleeps at most when it expects nothing; changes wake it sooner.
 _IDLE_WAIT_S = 1.0
+# An attribute becomes a header only when HTTP allows its name and value; headers that frame
+# the request itself are never taken from attributes.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection"})
 
 
 def push_body(subscription: str, received: Pb) -> dict[str, Any]:
-    """The JSON the real service POSTs to a push endpoint (wrapped form)."""
+    """The JSON the real service POSTs to a push endpoint (wrapped form). `deliveryAttempt`
+    is there only when the subscription counts attempts (it has a dead-letter policy)."""
     message = received.message
     publish_time = message.publish_time.ToJsonString()
     body: dict[str, Any] = {
@@ -41,11 +48,41 @@ def push_body(subscription: str, received: Pb) -> dict[str, Any]:
     }
     if message.ordering_key:
         body["orderingKey"] = message.ordering_key
-    return {
-        "message": body,
-        "subscription": subscription,
-        "deliveryAttempt": received.delivery_attempt,
-    }
+    wrapper: dict[str, Any] = {"message": body, "subscription": subscription}
+    if received.delivery_attempt:
+        wrapper["deliveryAttempt"] = received.delivery_attempt
+    return wrapper
+
+
+def unwrapped_headers(subscription: str, received: Pb) -> dict[str, str]:
+    """The headers of an unwrapped push that writes metadata: each attribute as `KEY: VALUE`
+    and the message's metadata as `x-goog-pubsub-*`."""
+    message = received.message
+    headers: dict[str, str] = {}
+    for key, value in message.attributes.items():
+        if not _HEADER_NAME.match(key) or key.lower() in _FRAMING_HEADERS:
+            log.info("push: attribute %r is not a usable header name; not sent", key)
+        elif any(c in value for c in "\r\n\0"):
+            log.info("push: attribute %r has a value no header can carry; not sent", key)
+        else:
+            headers[key] = value
+    headers["x-goog-pubsub-subscription-name"] = subscription
+    headers["x-goog-pubsub-message-id"] = message.message_id
+    headers["x-goog-pubsub-publish-time"] = message.publish_time.ToJsonString()
+    if message.ordering_key:
+        headers["x-goog-pubsub-ordering-key"] = message.ordering_key
+    return headers
+
+
+def push_request(subscription: str, push_config: Pb, received: Pb) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of the POST for `received` under `push_config`."""
+    if push_config.HasField("no_wrapper"):
+        # The data is the body, as is; metadata only as headers, when asked for.
+        if push_config.no_wrapper.write_metadata:
+            return received.message.data, unwrapped_headers(subscription, received)
+        return received.message.data, {}
+    body = json.dumps(push_body(subscription, received)).encode()
+    return body, {"Content-Type": "application/json"}
 
 
 class _Workers:
@@ -98,18 +135,28 @@ class _StaleConnection(Exception):
     """A kept-alive connection that the peer closed while it sat idle."""
 
 
-def post_json(connections: _Connections, endpoint: str, body: bytes, timeout_s: float) -> int:
+def post(
+    connections: _Connections,
+    endpoint: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout_s: float,
+) -> int:
     """POST `body` and return the status. A reused connection the peer has closed in the
     meantime is retried once on a fresh one, as HTTP clients do for idle keep-alives."""
     url = urllib.parse.urlsplit(endpoint)
     try:
-        return _post_once(connections, url, body, timeout_s)
+        return _post_once(connections, url, body, headers, timeout_s)
     except _StaleConnection:
-        return _post_once(connections, url, body, timeout_s)
+        return _post_once(connections, url, body, headers, timeout_s)
 
 
 def _post_once(
-    connections: _Connections, url: urllib.parse.SplitResult, body: bytes, timeout_s: float
+    connections: _Connections,
+    url: urllib.parse.SplitResult,
+    body: bytes,
+    headers: dict[str, str],
+    timeout_s: float,
 ) -> int:
     key = (url.scheme, url.hostname or "", url.port)
     conn = connections.open.pop(key, None)
@@ -123,7 +170,7 @@ def _post_once(
         conn.sock.settimeout(timeout_s)
     target = (url.path or "/") + (f"?{url.query}" if url.query else "")
     try:
-        conn.request("POST", target, body=body, headers={"Content-Type": "application/json"})
+        conn.request("POST", target, body=body, headers=headers)
         response = conn.getresponse()
         response.read()
     except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as err:
@@ -201,11 +248,14 @@ class PushDelivery:
     def _begin(self, name: str, subscription: Pb, received: Pb, timeout_s: float) -> None:
         with self._lock:
             self._in_flight[name] = self._in_flight.get(name, 0) + 1
-        endpoint = subscription.push_config.push_endpoint
-        self._workers.submit(lambda: self._deliver(name, endpoint, received, timeout_s))
+        # A copy: the broker may change the subscription's config while this is in flight.
+        push_config = type(subscription.push_config)()
+        push_config.CopyFrom(subscription.push_config)
+        self._workers.submit(lambda: self._deliver(name, push_config, received, timeout_s))
 
-    def _deliver(self, name: str, endpoint: str, received: Pb, timeout_s: float) -> None:
-        acked = self._post(endpoint, push_body(name, received), timeout_s)
+    def _deliver(self, name: str, push_config: Pb, received: Pb, timeout_s: float) -> None:
+        body, headers = push_request(name, push_config, received)
+        acked = self._post(push_config.push_endpoint, body, headers, timeout_s)
         with self._lock:
             self._in_flight[name] -= 1
         if acked:
@@ -213,9 +263,9 @@ class PushDelivery:
         else:
             self._broker.nack_push(name, received.ack_id)
 
-    def _post(self, endpoint: str, body: dict[str, Any], timeout_s: float) -> bool:
+    def _post(self, endpoint: str, body: bytes, headers: dict[str, str], timeout_s: float) -> bool:
         try:
-            status = post_json(self._connections, endpoint, json.dumps(body).encode(), timeout_s)
+            status = post(self._connections, endpoint, body, headers, timeout_s)
         except (OSError, http.client.HTTPException, ValueError) as err:
             log.info("push to %s failed: %s", endpoint, err)
             return False

@@ -6,32 +6,35 @@ handlers with the raw protobuf classes behind its proto-plus types.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import empty_pb2
 from google.pubsub_v1.types import pubsub
+from google.rpc import status_pb2
+from grpc_status import rpc_status
 
-from localcloud.pubsub.broker import MAX_ACK_DEADLINE_S, Broker, Pb
-from localcloud.pubsub.errors import InvalidArgument, PubSubError
-
-log = logging.getLogger(__name__)
+from localcloud.pubsub.broker import Broker, Pb
+from localcloud.pubsub.errors import InvalidAckIds, InvalidArgument, PubSubError
+from localcloud.pubsub.streaming import Stream
 
 # How long a Pull without return_immediately waits for a first message.
 PULL_WAIT_S = 2.0
-# The real service's default when a stream names no max_outstanding_messages.
-DEFAULT_MAX_OUTSTANDING = 1000
-# A batch per StreamingPull response, like the real service's.
-STREAM_BATCH = 100
-# Longest sleep of an idle stream before it looks at its own state again.
-_STREAM_IDLE_S = 1.0
 
 Empty = empty_pb2.Empty
+
+
+def _abort(context: grpc.ServicerContext, err: PubSubError) -> NoReturn:
+    """End the call with the error's status, and its rich details when it has some."""
+    details = err.details()
+    if details:
+        status = status_pb2.Status(code=err.code.value[0], message=str(err), details=details)
+        context.abort_with_status(rpc_status.to_status(status))
+    context.abort(err.code, str(err))
+    raise AssertionError("abort returns only by raising")
 
 
 def _unary(fn: Callable[[Pb], Pb], request: Any, response: Any) -> grpc.RpcMethodHandler:
@@ -41,7 +44,7 @@ def _unary(fn: Callable[[Pb], Pb], request: Any, response: Any) -> grpc.RpcMetho
         try:
             return fn(req)
         except PubSubError as err:
-            context.abort(err.code, str(err))
+            _abort(context, err)
 
     return grpc.unary_unary_rpc_method_handler(
         handle,
@@ -70,11 +73,19 @@ class PubSubService:
         publisher = {
             "CreateTopic": method(b.create_topic, t.Topic, t.Topic),
             "GetTopic": method(lambda r: b.get_topic(r.topic), t.GetTopicRequest, t.Topic),
+            "UpdateTopic": method(
+                lambda r: b.update_topic(r.topic, r.update_mask), t.UpdateTopicRequest, t.Topic
+            ),
             "ListTopics": method(self._list_topics, t.ListTopicsRequest, t.ListTopicsResponse),
             "ListTopicSubscriptions": method(
                 self._list_topic_subscriptions,
                 t.ListTopicSubscriptionsRequest,
                 t.ListTopicSubscriptionsResponse,
+            ),
+            "ListTopicSnapshots": method(
+                self._list_topic_snapshots,
+                t.ListTopicSnapshotsRequest,
+                t.ListTopicSnapshotsResponse,
             ),
             "DeleteTopic": method(self._delete_topic, t.DeleteTopicRequest, Empty),
             "Publish": method(self._publish, t.PublishRequest, t.PublishResponse),
@@ -107,6 +118,24 @@ class PubSubService:
                 request_deserializer=t.PullRequest.pb().FromString,
                 response_serializer=t.PullResponse.pb().SerializeToString,
             ),
+            "CreateSnapshot": method(
+                lambda r: b.create_snapshot(r.name, r.subscription, dict(r.labels)),
+                t.CreateSnapshotRequest,
+                t.Snapshot,
+            ),
+            "GetSnapshot": method(
+                lambda r: b.get_snapshot(r.snapshot), t.GetSnapshotRequest, t.Snapshot
+            ),
+            "ListSnapshots": method(
+                self._list_snapshots, t.ListSnapshotsRequest, t.ListSnapshotsResponse
+            ),
+            "UpdateSnapshot": method(
+                lambda r: b.update_snapshot(r.snapshot, r.update_mask),
+                t.UpdateSnapshotRequest,
+                t.Snapshot,
+            ),
+            "DeleteSnapshot": method(self._delete_snapshot, t.DeleteSnapshotRequest, Empty),
+            "Seek": method(self._seek, t.SeekRequest, t.SeekResponse),
             "StreamingPull": grpc.stream_stream_rpc_method_handler(
                 self._streaming_pull,
                 request_deserializer=t.StreamingPullRequest.pb().FromString,
@@ -129,6 +158,11 @@ class PubSubService:
     def _list_topic_subscriptions(self, request: Pb) -> Pb:
         response = pubsub.ListTopicSubscriptionsResponse.pb()()
         response.subscriptions.extend(self._broker.list_topic_subscriptions(request.topic))
+        return response
+
+    def _list_topic_snapshots(self, request: Pb) -> Pb:
+        response = pubsub.ListTopicSnapshotsResponse.pb()()
+        response.snapshots.extend(self._broker.list_topic_snapshots(request.topic))
         return response
 
     def _delete_topic(self, request: Pb) -> Pb:
@@ -155,14 +189,37 @@ class PubSubService:
         return Empty()
 
     def _acknowledge(self, request: Pb) -> Pb:
-        self._broker.acknowledge(request.subscription, list(request.ack_ids))
+        invalid = self._broker.acknowledge(request.subscription, list(request.ack_ids))
+        if invalid:
+            raise InvalidAckIds(invalid)
         return Empty()
 
     def _modify_ack_deadline(self, request: Pb) -> Pb:
-        self._broker.modify_ack_deadline(
+        invalid = self._broker.modify_ack_deadline(
             request.subscription, list(request.ack_ids), request.ack_deadline_seconds
         )
+        if invalid:
+            raise InvalidAckIds(invalid)
         return Empty()
+
+    def _list_snapshots(self, request: Pb) -> Pb:
+        response = pubsub.ListSnapshotsResponse.pb()()
+        response.snapshots.extend(self._broker.list_snapshots(request.project))
+        return response
+
+    def _delete_snapshot(self, request: Pb) -> Pb:
+        self._broker.delete_snapshot(request.snapshot)
+        return Empty()
+
+    def _seek(self, request: Pb) -> Pb:
+        target = request.WhichOneof("target")
+        if target == "time":
+            self._broker.seek_to_time(request.subscription, request.time.ToMicroseconds())
+        elif target == "snapshot":
+            self._broker.seek_to_snapshot(request.subscription, request.snapshot)
+        else:
+            raise InvalidArgument("Seek needs a target: either time or snapshot")
+        return pubsub.SeekResponse.pb()()
 
     def _pull(self, request: Pb, context: grpc.ServicerContext) -> Pb:
         """Lease what is deliverable; unless told to return at once, wait a little for a
@@ -184,7 +241,7 @@ class PubSubService:
                     return pubsub.PullResponse.pb()(received_messages=received)
                 self._broker.wait(self._until_next(request.subscription, left), since=seen)
         except PubSubError as err:
-            context.abort(err.code, str(err))
+            _abort(context, err)
 
     def _until_next(self, subscription: str, cap: float) -> float:
         next_at = self._broker.next_deliverable_at(subscription)
@@ -198,11 +255,11 @@ class PubSubService:
         first = next(requests, None)
         if first is None:
             return
-        stream = _Stream(self._broker, first)
+        stream = Stream(self._broker, first)
         try:
             stream.open()
         except PubSubError as err:
-            context.abort(err.code, str(err))
+            _abort(context, err)
         context.add_callback(stream.close)
         reader = threading.Thread(
             target=stream.read, args=(requests,), name="pubsub-stream-reader", daemon=True
@@ -211,97 +268,6 @@ class PubSubService:
         try:
             yield from stream.responses(context)
         except PubSubError as err:
-            context.abort(err.code, str(err))
+            _abort(context, err)
         finally:
             stream.close()
-
-
-class _Stream:
-    """One StreamingPull: leases messages onto the stream while the client has room, and
-    applies the acks and deadline changes the client sends on the same stream."""
-
-    def __init__(self, broker: Broker, first: Pb) -> None:
-        self._broker = broker
-        self._first = first
-        self.subscription: str = first.subscription
-        self._deadline_s = first.stream_ack_deadline_seconds
-        self._max_outstanding = first.max_outstanding_messages or DEFAULT_MAX_OUTSTANDING
-        self._outstanding: set[str] = set()
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-
-    def open(self) -> None:
-        if not 10 <= self._deadline_s <= MAX_ACK_DEADLINE_S:
-            raise InvalidArgument(
-                f"Invalid stream_ack_deadline_seconds: {self._deadline_s} (10..600)"
-            )
-        self._broker.get_subscription(self.subscription)
-        self._apply(self._first)
-
-    def close(self) -> None:
-        if not self._closed.is_set():
-            self._closed.set()
-            self._broker.wake()
-
-    def read(self, requests: Iterator[Pb]) -> None:
-        """Apply client requests until the client half-closes or the stream ends."""
-        try:
-            for request in requests:
-                if self._closed.is_set():
-                    break
-                self._apply(request)
-        except PubSubError as err:
-            log.info("streaming pull on %s: %s", self.subscription, err)
-        except grpc.RpcError:
-            pass  # the stream was cancelled; responses() notices through close()
-        finally:
-            self.close()
-
-    def _apply(self, request: Pb) -> None:
-        if request.ack_ids:
-            self._broker.acknowledge(self.subscription, list(request.ack_ids))
-            self._forget(request.ack_ids)
-        by_deadline: dict[int, list[str]] = defaultdict(list)
-        for ack_id, seconds in zip(
-            request.modify_deadline_ack_ids, request.modify_deadline_seconds, strict=False
-        ):
-            by_deadline[seconds].append(ack_id)
-        for seconds, ack_ids in by_deadline.items():
-            self._broker.modify_ack_deadline(self.subscription, ack_ids, seconds)
-            if seconds == 0:
-                self._forget(ack_ids)
-
-    def _forget(self, ack_ids: Any) -> None:
-        with self._lock:
-            self._outstanding.difference_update(ack_ids)
-
-    def responses(self, context: grpc.ServicerContext) -> Iterator[Pb]:
-        while not self._closed.is_set() and context.is_active() and not self._broker.closed:
-            seen = self._broker.changes
-            room = self._room()
-            received = []
-            if room:
-                batch = min(room, STREAM_BATCH)
-                received = self._broker.lease(self.subscription, batch, self._deadline_s)
-            if received:
-                with self._lock:
-                    self._outstanding.update(r.ack_id for r in received)
-                yield pubsub.StreamingPullResponse.pb()(received_messages=received)
-                continue
-            self._broker.wait(self._idle_wait(), since=seen)
-
-    def _room(self) -> int:
-        """Messages the client may still take: its flow-control limit minus those leased to
-        this stream and neither acked, nacked nor expired."""
-        with self._lock:
-            held = set(self._outstanding)
-        live = self._broker.still_leased(self.subscription, held)
-        with self._lock:
-            self._outstanding.intersection_update(live | (self._outstanding - held))
-            return max(0, self._max_outstanding - len(self._outstanding))
-
-    def _idle_wait(self) -> float:
-        next_at = self._broker.next_deliverable_at(self.subscription)
-        if next_at is None:
-            return _STREAM_IDLE_S
-        return max(0.0, min(_STREAM_IDLE_S, next_at - time.monotonic()))

@@ -1,12 +1,16 @@
 """Durable state of the local Pub/Sub server: one sqlite file under the state dir.
 
-Topics and subscriptions are kept as serialized protos; every message a subscription has
-not acknowledged yet is a row, so a restart redelivers whatever was pending or in flight.
+Topics, subscriptions and snapshots are kept as serialized protos; every message a
+subscription has not acknowledged yet is a row, so a restart redelivers whatever was pending
+or in flight. Messages that Seek may replay after they were acknowledged are kept once per
+topic in `retained`.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +26,24 @@ CREATE TABLE IF NOT EXISTS pending (
     attempts INTEGER NOT NULL,
     PRIMARY KEY (subscription, message_id)
 );
+CREATE TABLE IF NOT EXISTS origins (
+    subscription TEXT PRIMARY KEY,
+    first_message_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS retained (
+    topic TEXT NOT NULL,
+    message_id INTEGER NOT NULL,
+    publish_us INTEGER NOT NULL,
+    pb BLOB NOT NULL,
+    PRIMARY KEY (topic, message_id)
+);
+CREATE INDEX IF NOT EXISTS retained_by_time ON retained (topic, publish_us);
+CREATE TABLE IF NOT EXISTS snapshots (
+    name TEXT PRIMARY KEY,
+    pb BLOB NOT NULL,
+    first_after_id INTEGER NOT NULL,
+    message_ids TEXT NOT NULL
+);
 """
 
 
@@ -32,6 +54,22 @@ class PendingRow:
     seq: int
     pb: bytes
     attempts: int
+
+
+@dataclass(frozen=True)
+class RetainedRow:
+    topic: str
+    message_id: int
+    publish_us: int
+    pb: bytes
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    name: str
+    pb: bytes
+    first_after_id: int  # messages with this id or later were published after its creation
+    message_ids: frozenset[str]  # the backlog it captured
 
 
 class Store:
@@ -78,6 +116,16 @@ class Store:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM subscriptions WHERE name = ?", (name,))
             self._db.execute("DELETE FROM pending WHERE subscription = ?", (name,))
+            self._db.execute("DELETE FROM origins WHERE subscription = ?", (name,))
+
+    def origins(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT subscription, first_message_id FROM origins")
+        return {str(name): int(first) for name, first in rows}
+
+    def put_origin(self, subscription: str, first_message_id: int) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO origins VALUES (?, ?)", (subscription, first_message_id)
+        )
 
     def pending(self) -> list[PendingRow]:
         rows = self._db.execute(
@@ -85,17 +133,82 @@ class Store:
         )
         return [PendingRow(str(s), str(m), int(q), bytes(p), int(a)) for s, m, q, p, a in rows]
 
-    def add_pending(self, rows: list[PendingRow], next_message_id: int) -> None:
-        """Store a published batch and the id counter in one transaction."""
+    def add_pending(
+        self,
+        rows: list[PendingRow],
+        next_message_id: int,
+        retained: Iterable[RetainedRow] = (),
+    ) -> None:
+        """Store a published batch, its retained copies and the id counter in one
+        transaction."""
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)",
-                [(r.subscription, r.message_id, r.seq, r.pb, r.attempts) for r in rows],
-            )
+            self._insert_pending(rows)
+            self._insert_retained(retained)
             self._db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('next_message_id', ?)", (str(next_message_id),)
             )
+
+    def _insert_pending(self, rows: Iterable[PendingRow]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)",
+            [(r.subscription, r.message_id, r.seq, r.pb, r.attempts) for r in rows],
+        )
+
+    def _insert_retained(self, rows: Iterable[RetainedRow]) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO retained VALUES (?, ?, ?, ?)",
+            [(r.topic, r.message_id, r.publish_us, r.pb) for r in rows],
+        )
+
+    def rewrite_backlog(
+        self, subscription: str, removed: list[str], added: list[PendingRow]
+    ) -> None:
+        """What a Seek changes in one subscription's backlog, in one transaction."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "DELETE FROM pending WHERE subscription = ? AND message_id = ?",
+                [(subscription, mid) for mid in removed],
+            )
+            self._insert_pending(added)
+
+    def retained(self, topic: str, since_us: int = 0) -> list[RetainedRow]:
+        rows = self._db.execute(
+            "SELECT message_id, publish_us, pb FROM retained"
+            " WHERE topic = ? AND publish_us >= ? ORDER BY message_id",
+            (topic, since_us),
+        )
+        return [RetainedRow(topic, int(m), int(t), bytes(p)) for m, t, p in rows]
+
+    def prune_retained(self, topic: str, before_us: int | None) -> None:
+        """Forget the topic's retained messages published before `before_us` (all of them
+        when None)."""
+        if before_us is None:
+            self._db.execute("DELETE FROM retained WHERE topic = ?", (topic,))
+        else:
+            self._db.execute(
+                "DELETE FROM retained WHERE topic = ? AND publish_us < ?", (topic, before_us)
+            )
+
+    def snapshots(self) -> list[SnapshotRow]:
+        rows = self._db.execute("SELECT name, pb, first_after_id, message_ids FROM snapshots")
+        return [
+            SnapshotRow(str(n), bytes(p), int(f), frozenset(json.loads(m))) for n, p, f, m in rows
+        ]
+
+    def put_snapshot(self, row: SnapshotRow, backlog: Iterable[RetainedRow] = ()) -> None:
+        """Store a snapshot with copies of the backlog it captured, in one transaction."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?)",
+                (row.name, row.pb, row.first_after_id, json.dumps(sorted(row.message_ids))),
+            )
+            self._insert_retained(backlog)
+
+    def delete_snapshot(self, name: str) -> None:
+        self._db.execute("DELETE FROM snapshots WHERE name = ?", (name,))
 
     def set_attempts(self, subscription: str, updates: list[tuple[str, int]]) -> None:
         with self._db:
