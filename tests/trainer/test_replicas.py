@@ -16,18 +16,21 @@ from tests.trainer.conftest import PYTHON, child_env, digits_csv
 from trainer import checkpoints
 from trainer.errors import ReplicaError
 from trainer.replicas import Replica, replica_from_env
-from trainer.task import Hyperparameters, Outputs, run
+from trainer.task import Hyperparameters, Outputs, TrainingResult, run, split_rows
 
 
-def test_two_replicas_on_cpu_train_one_valid_model(tmp_path: Path) -> None:
+def test_two_replicas_on_cpu_train_one_valid_model(
+    tmp_path: Path, digits_model: tuple[TrainingResult, Path, str]
+) -> None:
     data = tmp_path / "data"
     data.mkdir()
     for part, rows in enumerate((slice(0, 600), slice(600, 1200), slice(1200, None))):
         (data / f"part-{part}.csv").write_text(digits_csv(rows))
     model_dir = tmp_path / "model"
     port = free_port()
+    _, champion_dir, _ = digits_model
     args = [PYTHON, "-m", "trainer.task", f"--data-uri={data}", "--label=digit", "--epochs=15",
-            "--lr=0.003", "--batch-size=64"]  # fmt: skip
+            "--lr=0.003", "--batch-size=64", f"--champion-model-dir={champion_dir}"]  # fmt: skip
     replicas = [
         subprocess.Popen(
             args,
@@ -55,6 +58,11 @@ def test_two_replicas_on_cpu_train_one_valid_model(tmp_path: Path) -> None:
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["val_accuracy"] >= 0.9
     assert (model_dir / "model.onnx").is_file()
+    # The champion is scored on both replicas' validation rows: parts 0 and 2 are rank 0's.
+    hp = Hyperparameters(epochs=15, lr=0.003, batch_size=64)
+    val_rows = len(split_rows(1197, hp, 0)[1]) + len(split_rows(600, hp, 1)[1])
+    assert metrics["champion"]["rows"] == val_rows
+    assert 0.9 <= metrics["champion"]["val_accuracy"] <= 1.0
 
 
 def test_replicas_fail_together_with_the_data_error(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 from pathlib import Path
@@ -10,7 +11,9 @@ from typing import Any
 import google_crc32c
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from tests.trainer.conftest import digits_csv
 from trainer.reporting import HypertuneReporter, TensorBoardWriter, epoch_line
+from trainer.task import Hyperparameters, Outputs, run
 
 
 def _event_class() -> Any:
@@ -80,6 +83,25 @@ def test_hypertune_metric_file_in_cloudml_hypertune_format(tmp_path: Path) -> No
         ("7", "0.75", "2"),
     ]
     assert HypertuneReporter.from_env({}) is None  # not a tuning trial: no file
+
+
+def test_a_tuning_trial_reports_its_metric_every_epoch(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text(digits_csv(slice(0, 300)))
+    path = tmp_path / "hypertune" / "output.metrics"
+    env = {"CLOUD_ML_TRIAL_ID": "4", "CLOUD_ML_HP_METRIC_FILE": str(path)}
+
+    result = run(str(tmp_path / "d.csv"), "digit", Outputs(str(tmp_path / "m")),
+                 Hyperparameters(epochs=3), env=env, out=io.StringIO())  # fmt: skip
+
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    accuracy = [e for e in entries if "val_accuracy" in e]
+    assert [(e["trial"], e["global_step"]) for e in accuracy] == [
+        ("4", "1"),
+        ("4", "2"),
+        ("4", "3"),
+    ]
+    assert float(accuracy[-1]["val_accuracy"]) == result.metrics["val_accuracy"]
+    assert all(isinstance(e["timestamp"], float) for e in entries)
 
 
 def test_epoch_line_shape() -> None:
