@@ -3,6 +3,7 @@ clients over REST (and `requests` where a client cannot send what is being teste
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 import requests
+from google.api import httpbody_pb2
 from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform_v1
@@ -285,13 +287,69 @@ def test_list_jobs_pages_through_every_job(server: VertexServer) -> None:
     assert sorted(job.display_name for job in first_page) == [f"job-{i}" for i in range(5)]
 
 
-def test_list_jobs_rejects_an_unsupported_filter(server: VertexServer) -> None:
-    with pytest.raises(exceptions.BadRequest, match="create_time"):
-        list(
-            job_client(server).list_custom_jobs(
-                request={"parent": PARENT, "filter": 'create_time>"2024-01-01"'}
-            )
+def test_list_jobs_speaks_the_filter_language(
+    server: VertexServer, job_runtime: FakeJobRuntime
+) -> None:
+    client = job_client(server)
+    made = {
+        name: client.create_custom_job(parent=PARENT, custom_job=custom_job(name, **labels))
+        for name, labels in (
+            ("a", {"team": "churn", "tier": ""}),
+            ("b", {"team": "churn"}),
+            ("c", {"team": "fraud"}),
         )
+    }
+    job_runtime.callbacks[job_id_of(made["b"])](update(S.JOB_STATE_SUCCEEDED))
+
+    def names(filter_text: str) -> list[str]:
+        pager = client.list_custom_jobs(request={"parent": PARENT, "filter": filter_text})
+        return sorted(job.display_name for job in pager)
+
+    # OR binds tighter than AND, as AIP-160 defines.
+    assert names('labels.team="churn" AND display_name="a" OR display_name="b"') == ["a", "b"]
+    assert names('(labels.team="churn" AND display_name="a") OR display_name="c"') == ["a", "c"]
+    assert names("labels.tier:*") == ["a"]  # present, even with an empty value
+    assert names("labels:tier") == ["a"]
+    assert names("NOT labels:tier") == ["b", "c"]
+    assert names('-labels.team="churn"') == ["c"]
+    assert names('state!="JOB_STATE_SUCCEEDED" labels.team="churn"') == ["a"]
+    assert names("state=JOB_STATE_SUCCEEDED") == ["b"]
+    created = aiplatform_v1.CustomJob.to_dict(made["b"])["create_time"]  # RFC 3339
+    assert names(f'createTime>="{created}"') == ["b", "c"]
+    assert names(f'create_time<"{created}"') == ["a"]
+    assert names('end_time>"2000-01-01T00:00:00Z"') == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("filter_text", "named"),
+    [
+        ('owner="x"', "Unsupported filter field 'owner'"),
+        ('create_time>"2024-01-01"', "create_time takes an RFC 3339 timestamp"),
+        ('state<"JOB_STATE_FAILED"', "state does not support '<'"),
+        ('state="DONE"', "'DONE' is not a state"),
+        ('(display_name="a"', "expected '\\)'"),
+        ('display_name="a', "unterminated string"),
+        ("display_name", "expected a comparison"),
+        ('display_name="a" AND', "expected a field name"),
+        ("labels=x", "labels:KEY"),
+    ],
+)
+def test_list_jobs_refuses_a_filter_naming_the_problem(
+    server: VertexServer, filter_text: str, named: str
+) -> None:
+    with pytest.raises(exceptions.BadRequest, match=named) as refused:
+        list(job_client(server).list_custom_jobs(request={"parent": PARENT, "filter": filter_text}))
+    assert refused.value.response.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_list_jobs_takes_no_order_by(server: VertexServer) -> None:
+    # ListCustomJobsRequest has no order_by; Google's gateway refuses unknown parameters.
+    response = requests.get(
+        f"{server.url}/v1/{PARENT}/customJobs", params={"orderBy": "create_time"}, timeout=10
+    )
+
+    assert response.status_code == 400
+    assert "orderBy" in response.json()["error"]["message"]
 
 
 def test_cancel_waits_for_the_runtime_then_refuses_a_second_cancel(
@@ -349,7 +407,10 @@ def test_cancel_without_a_runtime_cancels_at_once(tmp_path: Path) -> None:
 
         client.cancel_custom_job(name=job.name)
 
-        assert client.get_custom_job(name=job.name).state == S.JOB_STATE_CANCELLED
+        cancelled = client.get_custom_job(name=job.name)
+        assert cancelled.state == S.JOB_STATE_CANCELLED
+        # As documented for CancelCustomJob: error.code is google.rpc.Code.CANCELLED.
+        assert (cancelled.error.code, cancelled.error.message) == (1, "CANCELED")
 
 
 def test_runtime_updates_set_times_state_and_lifecycle_lines(
@@ -649,6 +710,67 @@ def test_list_models_filters_by_display_name_and_label(server: VertexServer) -> 
     assert listed("labels.retrain-pipeline=fraud") == [("fraud", "1")]
 
 
+def test_list_models_and_versions_in_order(server: VertexServer) -> None:
+    names = [upload(server, serving_model(name)).model for name in ("b", "c", "a")]
+    upload(server, serving_model("b"), names[0])
+    client = model_client(server)
+
+    def listed(order_by: str) -> list[str]:
+        pager = client.list_models(request={"parent": PARENT, "order_by": order_by})
+        return [model.display_name for model in pager]
+
+    assert listed("display_name") == ["a", "b", "c"]
+    assert listed("create_time desc") == ["a", "c", "b"]
+    assert listed("updateTime desc, display_name") == ["a", "c", "b"]
+    versions = client.list_model_versions(
+        request={"name": names[0], "order_by": "create_time desc"}
+    )
+    assert [v.version_id for v in versions] == ["2", "1"]
+    with pytest.raises(exceptions.BadRequest, match="cannot order by 'labels'"):
+        listed("labels")
+    with pytest.raises(exceptions.BadRequest, match=r"FIELD \[asc\|desc\]"):
+        listed("display_name sideways")
+    only_c = client.list_models(request={"parent": PARENT, "filter": f'model!="{_id(names[0])}"'})
+    assert sorted(m.display_name for m in only_c) == ["a", "c"]
+
+
+def _id(name: str) -> str:
+    return name.rsplit("/", 1)[1]
+
+
+def test_update_model_sets_model_fields_on_the_model_and_version_fields_on_a_version(
+    server: VertexServer,
+) -> None:
+    first = upload(server, serving_model(version_aliases=["champion"]))
+    upload(server, serving_model(), first.model)
+    client = model_client(server)
+
+    def update_model(name: str, paths: list[str], **fields: Any) -> aiplatform_v1.Model:
+        return client.update_model(
+            model=aiplatform_v1.Model(name=name, **fields),
+            update_mask=field_mask_pb2.FieldMask(paths=paths),
+        )
+
+    update_model(first.model, ["display_name", "labels"], display_name="renamed", labels={"a": "1"})
+    update_model(
+        f"{first.model}@2",
+        ["version_description", "labels"],
+        version_description="second",
+        labels={"v": "2"},
+    )
+
+    one, two = (client.get_model(name=f"{first.model}@{v}") for v in ("1", "2"))
+    assert (one.display_name, two.display_name) == ("renamed", "renamed")
+    assert dict(one.labels) == {"retrain-pipeline": "churn", "a": "1"}
+    assert dict(two.labels) == {"a": "1", "v": "2"}
+    assert (one.version_description, two.version_description) == ("", "second")
+    with pytest.raises(exceptions.BadRequest, match="display_name") as mixed:
+        update_model(f"{first.model}@champion", ["display_name"], display_name="x")
+    assert mixed.value.response.json()["error"]["status"] == "FAILED_PRECONDITION"
+    with pytest.raises(exceptions.BadRequest, match="artifact_uri"):
+        update_model(first.model, ["artifact_uri"], artifact_uri="gs://elsewhere")
+
+
 def test_upload_to_an_unknown_parent_model_is_not_found(server: VertexServer) -> None:
     with pytest.raises(exceptions.NotFound, match="models/404"):
         upload(server, serving_model(), f"{PARENT}/models/404")
@@ -720,7 +842,7 @@ def deploy(
 
 def test_endpoint_create_get_and_list_by_display_name(server: VertexServer) -> None:
     churn = create_endpoint(server, "churn")
-    create_endpoint(server, "fraud")
+    fraud = create_endpoint(server, "fraud")
     client = endpoint_client(server)
 
     listed = client.list_endpoints(request={"parent": PARENT, "filter": 'display_name="churn"'})
@@ -728,6 +850,71 @@ def test_endpoint_create_get_and_list_by_display_name(server: VertexServer) -> N
     assert churn.name.startswith(f"{PARENT}/endpoints/")
     assert [endpoint.name for endpoint in listed] == [churn.name]
     assert client.get_endpoint(name=churn.name) == churn
+    by_id = client.list_endpoints(
+        request={"parent": PARENT, "filter": f'endpoint="{_id(fraud.name)}"'}
+    )
+    assert [endpoint.name for endpoint in by_id] == [fraud.name]
+    ordered = client.list_endpoints(request={"parent": PARENT, "order_by": "display_name desc"})
+    assert [endpoint.display_name for endpoint in ordered] == ["fraud", "churn"]
+
+
+def test_deploy_without_dedicated_resources_is_refused(server: VertexServer) -> None:
+    model = upload(server, serving_model())
+    endpoint = create_endpoint(server)
+    client = endpoint_client(server)
+
+    assert list(
+        model_client(server).get_model(name=model.model).supported_deployment_resources_types
+    ) == [aiplatform_v1.Model.DeploymentResourcesType.DEDICATED_RESOURCES]
+    with pytest.raises(exceptions.BadRequest, match="dedicated_resources is required") as bad:
+        client.deploy_model(
+            endpoint=endpoint.name,
+            deployed_model=aiplatform_v1.DeployedModel(model=model.model),
+            traffic_split={"0": 100},
+        )
+    assert bad.value.response.json()["error"]["status"] == "INVALID_ARGUMENT"
+    with pytest.raises(exceptions.BadRequest, match="machine_type is required"):
+        client.deploy_model(
+            endpoint=endpoint.name,
+            deployed_model=aiplatform_v1.DeployedModel(
+                model=model.model,
+                dedicated_resources=aiplatform_v1.DedicatedResources(min_replica_count=1),
+            ),
+        )
+    assert not client.get_endpoint(name=endpoint.name).deployed_models
+
+
+def test_raw_predict_takes_and_answers_http_bodies(server: VertexServer) -> None:
+    model = upload(server, serving_model(artifact_uri="gs://a/v1"))
+    endpoint = create_endpoint(server)
+    deploy(server, endpoint.name, model.model, {"0": 100})
+    route = f"/v1/{endpoint.name}:rawPredict"
+
+    # Over HTTP the body is the payload itself, and so is the answer.
+    reply = requests.post(
+        server.url + route,
+        data=b'{"instances": [{"x": 1}]}',
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    # The RawPredictRequest form, as the gRPC front hands a call over.
+    body = base64.b64encode(b'{"instances": [{"x": 2}]}').decode()
+    answer = server.dispatch(
+        "POST", route, {}, {"httpBody": {"contentType": "application/json", "data": body}}
+    )
+
+    assert reply.status_code == 200
+    assert reply.json() == {"predictions": [{"artifact": "gs://a/v1", "x": 1}]}
+    assert isinstance(answer, httpbody_pb2.HttpBody)
+    assert json.loads(answer.data) == {"predictions": [{"artifact": "gs://a/v1", "x": 2}]}
+    refused = requests.post(
+        server.url + route,
+        data=b'{"instances": [3]}',
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert refused.status_code == 400
+    assert "instances must be JSON objects" in refused.json()["error"]["message"]
 
 
 def test_deploy_split_predict_and_undeploy(

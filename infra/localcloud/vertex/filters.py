@@ -255,6 +255,8 @@ def _restriction(
 
 
 def _label_test(key: str, operator: str, value: str) -> Predicate:
+    if operator == ":" and value == "*":
+        return lambda get: key in get("labels")  # present, whatever its value
     if operator == ":":
         return lambda get: key in get("labels") and _has(get("labels")[key], value)
     equal = operator == "="
