@@ -206,7 +206,12 @@ def _bare_deploy(
     before = endpoints.get_endpoint(name=endpoint_name)
     deployed = endpoints.deploy_model(
         endpoint=endpoint_name,
-        deployed_model=v1.DeployedModel(model=version),
+        deployed_model=v1.DeployedModel(
+            model=version,
+            dedicated_resources=v1.DedicatedResources(
+                machine_spec=v1.MachineSpec(machine_type="n1-standard-2"), min_replica_count=1
+            ),
+        ),
         traffic_split={"0": 100, **{d.id: 0 for d in before.deployed_models}},
     ).result()
     smoke = json.loads(
