@@ -6,7 +6,7 @@ of the backoff for a nacked one. Not thread-safe: the broker holds its lock arou
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from localcloud.pubsub import filtering
@@ -60,6 +60,31 @@ class Backlog:
     def remove(self, message_ids: Iterable[str]) -> None:
         for message_id in message_ids:
             self.entries.pop(message_id, None)
+
+    def rewind(
+        self,
+        keep: Callable[[Entry], bool],
+        replayed: Iterable[tuple[str, bytes]],
+        seq: Iterator[int],
+        now: float,
+    ) -> tuple[list[str], list[Entry]]:
+        """What a Seek does: acknowledge the entries `keep` rejects, end the leases of the
+        others (deliverable at once), and add the replayed (message id, serialized message)
+        that the backlog does not hold and its filter passes. Returns the message ids removed
+        and the entries added."""
+        removed = [mid for mid, entry in self.entries.items() if not keep(entry)]
+        self.remove(removed)
+        for entry in list(self.entries.values()):
+            entry.ack_id = None
+            self.reschedule(entry, now)
+        added: list[Entry] = []
+        for message_id, raw in replayed:
+            if message_id in self.entries or not self.wants(PubsubMessage.FromString(raw)):
+                continue
+            entry = Entry(message_id, next(seq), raw, 0, now)
+            self.put(entry)
+            added.append(entry)
+        return removed, added
 
     def pop_available(self, now: float) -> Entry | None:
         self._drop_stale()

@@ -36,7 +36,7 @@ from localcloud.pubsub.resources import (
     check_subscription_name,
     check_topic_name,
     counts_attempts,
-    project_of,
+    dead_letter_copy,
     validate_subscription,
     validate_topic,
 )
@@ -342,25 +342,12 @@ class Broker:
         keep: Callable[[Entry], bool],
         replayed: list[RetainedRow],
     ) -> None:
-        """Acknowledge the entries `keep` rejects, end the leases of the others, and add the
-        replayed messages the subscription does not hold (through its filter)."""
-        now = time.monotonic()
-        removed = [mid for mid, entry in backlog.entries.items() if not keep(entry)]
-        backlog.remove(removed)
-        for entry in list(backlog.entries.values()):
-            entry.ack_id = None
-            backlog.reschedule(entry, now)
-        added: list[PendingRow] = []
-        for row in replayed:
-            message_id = str(row.message_id)
-            if message_id in backlog.entries:
-                continue
-            if not backlog.wants(PubsubMessage.FromString(row.pb)):
-                continue
-            entry = Entry(message_id, next(self._seq), row.pb, 0, now)
-            backlog.put(entry)
-            added.append(PendingRow(name, message_id, entry.seq, row.pb, 0))
-        self._store.rewrite_backlog(name, removed, added)
+        """Rewind the backlog (see Backlog.rewind) and store the change."""
+        removed, added = backlog.rewind(
+            keep, [(str(r.message_id), r.pb) for r in replayed], self._seq, time.monotonic()
+        )
+        rows = [PendingRow(name, e.message_id, e.seq, e.message, e.attempts) for e in added]
+        self._store.rewrite_backlog(name, removed, rows)
         self._notify()
 
     # -- delivery -------------------------------------------------------------------------
@@ -520,17 +507,7 @@ class Broker:
                 entry.message_id,
             )
             return
-        original = PubsubMessage.FromString(entry.message)
-        forwarded = PubsubMessage(data=original.data, ordering_key=original.ordering_key)
-        forwarded.attributes.update(original.attributes)
-        forwarded.attributes.update(
-            {
-                "CloudPubSubDeadLetterSourceDeliveryCount": str(entry.attempts),
-                "CloudPubSubDeadLetterSourceSubscription": name.split("/")[-1],
-                "CloudPubSubDeadLetterSourceSubscriptionProject": project_of(name),
-                "CloudPubSubDeadLetterSourceTopicPublishTime": original.publish_time.ToJsonString(),
-            }
-        )
+        forwarded = dead_letter_copy(entry.message, name, entry.attempts)
         self._publish_locked(dead_letter_topic, [forwarded])
 
     def _check_open(self) -> None:

@@ -93,6 +93,23 @@ def counts_attempts(subscription: Pb) -> bool:
     )
 
 
+def dead_letter_copy(raw: bytes, subscription: str, attempts: int) -> Pb:
+    """The message to publish on the dead-letter topic, with the attributes the real service
+    adds to say where it came from."""
+    original = PubsubMessage.FromString(raw)
+    forwarded = PubsubMessage(data=original.data, ordering_key=original.ordering_key)
+    forwarded.attributes.update(original.attributes)
+    forwarded.attributes.update(
+        {
+            "CloudPubSubDeadLetterSourceDeliveryCount": str(attempts),
+            "CloudPubSubDeadLetterSourceSubscription": subscription.split("/")[-1],
+            "CloudPubSubDeadLetterSourceSubscriptionProject": project_of(subscription),
+            "CloudPubSubDeadLetterSourceTopicPublishTime": original.publish_time.ToJsonString(),
+        }
+    )
+    return forwarded
+
+
 def subscription_retention_s(subscription: Pb) -> float:
     if subscription.HasField("message_retention_duration"):
         return seconds(subscription.message_retention_duration)
