@@ -257,8 +257,15 @@ class Broker:
             self._notify()
 
     def push_subscriptions(self) -> list[tuple[str, Pb]]:
+        """Copies, taken under the lock: deliveries read them while the config may change."""
         with self._cond:
-            return [(n, b.pb) for n, b in self._subs.items() if b.pb.push_config.push_endpoint]
+            found = []
+            for name, backlog in self._subs.items():
+                if backlog.pb.push_config.push_endpoint:
+                    copy = Subscription()
+                    copy.CopyFrom(backlog.pb)
+                    found.append((name, copy))
+            return found
 
     def _sub(self, name: str) -> Backlog:
         self._check_open()

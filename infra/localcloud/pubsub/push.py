@@ -248,9 +248,7 @@ class PushDelivery:
     def _begin(self, name: str, subscription: Pb, received: Pb, timeout_s: float) -> None:
         with self._lock:
             self._in_flight[name] = self._in_flight.get(name, 0) + 1
-        # A copy: the broker may change the subscription's config while this is in flight.
-        push_config = type(subscription.push_config)()
-        push_config.CopyFrom(subscription.push_config)
+        push_config = subscription.push_config
         self._workers.submit(lambda: self._deliver(name, push_config, received, timeout_s))
 
     def _deliver(self, name: str, push_config: Pb, received: Pb, timeout_s: float) -> None:
