@@ -17,6 +17,7 @@ from retrain.errors import ConfigError
 TRIGGER_MODES = ("each", "marker", "quiet")
 STRATEGIES = ("standard", "spot", "flex_start")
 GOALS = ("maximize", "minimize")
+SCHEMA_CHANGE_POLICIES = ("reject", "judge_alone")
 # "rejected": the quality gate refused a model; "request_rejected": a retrain request was
 # refused before any job (a bad field, a value outside the guards).
 NOTIFY_KINDS = ("deployed", "rejected", "rolled_back", "failed", "cancelled", "request_rejected")
@@ -61,6 +62,15 @@ class Training:
 
 
 @dataclass(frozen=True)
+class GateCondition:
+    """One more condition a model must meet: `metric` at least `min` and/or at most `max`."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
 class Deploy:
     model: str
     endpoint: str
@@ -76,6 +86,11 @@ class Deploy:
     predict_route: str = "/predict"
     port: int = 8080
     service_account: str | None = None  # what the deployed model runs as
+    gates: tuple[GateCondition, ...] = ()  # all must hold, besides metric/min_value
+    eval_uri: str | None = None  # a fixed evaluation set both models are scored on
+    # The champion cannot score the new data (columns changed): "reject" the new model, or
+    # "judge_alone" on its threshold and gates.
+    on_schema_change: str = "reject"
 
 
 @dataclass(frozen=True)
@@ -171,7 +186,7 @@ def _pipeline(t: _Table, name: str, guards: Guards) -> Pipeline:
         quiet_seconds=t.integer("quiet_seconds", 300, minimum=0),
         cooldown_seconds=t.integer("cooldown_seconds", 0, minimum=0),
         training=_training(t.table("training", required=True), guards),
-        deploy=_deploy(t.table("deploy")) if t.has("deploy") else None,
+        deploy=_deploy(t.table("deploy"), guards) if t.has("deploy") else None,
         notify=_notify(t.table("notify")) if t.has("notify") else None,
     )
     t.done()
@@ -223,7 +238,7 @@ def _machine(t: _Table, guards: Guards) -> Machine:
     return Machine(machine_type, accelerator_type, count)
 
 
-def _deploy(t: _Table) -> Deploy:
+def _deploy(t: _Table, guards: Guards) -> Deploy:
     deploy = Deploy(
         model=t.text("model", required=True),
         endpoint=t.text("endpoint", required=True),
@@ -239,9 +254,41 @@ def _deploy(t: _Table) -> Deploy:
         predict_route=t.text("predict_route", "/predict"),
         port=t.integer("port", 8080, minimum=1, maximum=65535),
         service_account=t.opt_str("service_account"),
+        gates=tuple(_gate(t.item("gates", i)) for i in range(t.list_len("gates"))),
+        eval_uri=_eval_uri(t, guards),
+        on_schema_change=t.choice("on_schema_change", SCHEMA_CHANGE_POLICIES, "reject"),
     )
     t.done()
     return deploy
+
+
+def _gate(t: _Table) -> GateCondition:
+    gate = GateCondition(
+        metric=t.text("metric", required=True), min=t.opt_float("min"), max=t.opt_float("max")
+    )
+    if gate.min is None and gate.max is None:
+        t.fail("", "needs min or max (or both)")
+    if gate.min is not None and gate.max is not None and gate.min > gate.max:
+        t.fail("min", f"{gate.min:g} is above max {gate.max:g}")
+    t.done()
+    return gate
+
+
+def _eval_uri(t: _Table, guards: Guards) -> str | None:
+    """A gs://bucket/object-or-prefix inside an allowed bucket: the trainer reads it."""
+    if not t.has("eval_uri"):
+        return None
+    uri = t.text("eval_uri", required=True)
+    bucket, _, path = uri.removeprefix("gs://").partition("/")
+    if not uri.startswith("gs://") or not bucket or not path:
+        t.fail("eval_uri", f"must be a gs://bucket/path URI, not {uri!r}")
+    if any(part in ("", ".", "..") for part in path.rstrip("/").split("/")):
+        t.fail("eval_uri", f"{uri!r} has an empty, '.' or '..' path segment")
+    if any(c.isspace() or not c.isprintable() for c in uri):
+        t.fail("eval_uri", f"{uri!r} holds whitespace or control characters")
+    if guards.allowed_buckets and bucket not in guards.allowed_buckets:
+        t.fail("eval_uri", f"bucket {bucket!r} is not in guards.allowed_buckets")
+    return uri
 
 
 def _notify(t: _Table) -> Notify:

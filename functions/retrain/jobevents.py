@@ -308,12 +308,17 @@ class JobEvents:
                 value = read_metric(metrics, deploy.metric)
             except ValueError as err:
                 return self._reject(h, str(err), champion_metric=champion_metric)
-            verdict = judge(deploy, value, champion_metric)
+            verdict = judge(
+                deploy, metrics, champion_metric, champion.artifact_uri if champion else None
+            )
             if not verdict.passed:
-                return self._reject(h, verdict.reason, value, champion_metric)
+                return self._reject(h, verdict.reason, verdict.metric, verdict.champion_metric,
+                                    verdict.basis, verdict.rows)  # fmt: skip
             version = registry.upload(self._version_spec(h, model_id, directory, value))
+            # The figures the gate compared, and on what basis, for records and messages.
             self._step(h, {"step": "registered", "model_version": version.name,
-                           "metric": value, "champion_metric": champion_metric})  # fmt: skip
+                           "metric": verdict.metric, "champion_metric": verdict.champion_metric,
+                           "basis": verdict.basis, "basis_rows": verdict.rows})  # fmt: skip
             h.log.info("model version registered", model_version=version.name, metric=value)
         return self._deploy(h, version, directory)
 
@@ -383,18 +388,14 @@ class JobEvents:
             })  # fmt: skip
         else:
             self._promote(endpoints, endpoint.name, deployed_id)
-        h.changes = {
-            "model_version": version.name,
-            "endpoint": endpoint.name,
-            "metric": version.metric,
-            "champion_metric": h.claim.doc.get("champion_metric"),
-        }
+        gate = {key: h.claim.doc.get(key) for key in ("champion_metric", "basis", "basis_rows")}
+        gate["metric"] = h.claim.doc.get("metric", version.metric)
+        h.changes = {"model_version": version.name, "endpoint": endpoint.name, **gate}
         message = self._notification(
             h,
             notify.DEPLOYED,
             metric_name=deploy.metric,
-            metric=version.metric,
-            champion_metric=h.claim.doc.get("champion_metric"),
+            **gate,
             model_version=version.name,
             endpoint=endpoint.name,
             canary_percent=canary or None,
@@ -466,18 +467,21 @@ class JobEvents:
         self,
         h: _Handling,
         reason: str,
-        value: float | None = None,
+        metric: float | None = None,
         champion_metric: float | None = None,
+        basis: str | None = None,
+        basis_rows: int | None = None,
     ) -> Outcome:
         deploy = h.pipeline.deploy
-        h.changes = {"metric": value, "champion_metric": champion_metric}
+        gate: dict[str, Any] = {"metric": metric, "champion_metric": champion_metric,
+                                "basis": basis, "basis_rows": basis_rows}  # fmt: skip
+        h.changes = dict(gate)
         message = self._notification(
             h,
             notify.REJECTED,
             reason=reason,
             metric_name=deploy.metric if deploy else None,
-            metric=value,
-            champion_metric=champion_metric,
+            **gate,
         )
         self._notify(h.pipeline, message, h.log)
         return Outcome(notify.REJECTED, reason, h.run_id, h.job.name)

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from retrain.config import Notify
 from retrain.errors import shown
+from retrain.gate import basis_text
 
 DEPLOYED, REJECTED, ROLLED_BACK, FAILED, CANCELLED, REQUEST_REJECTED = (
     "deployed",
@@ -48,6 +49,8 @@ class Notification:
     metric_name: str | None = None
     metric: float | None = None
     champion_metric: float | None = None
+    basis: str | None = None  # what the two metrics were measured on (see gate.py)
+    basis_rows: int | None = None
     model_version: str | None = None  # projects/…/models/ID@VERSION
     endpoint: str | None = None
     reason: str | None = None  # why rejected or rolled back
@@ -134,6 +137,8 @@ def document(n: Notification) -> dict[str, Any]:
         "metric_name": n.metric_name,
         "metric": n.metric,
         "champion_metric": n.champion_metric,
+        "basis": n.basis,
+        "basis_rows": n.basis_rows,
         "model_version": n.model_version,
         "endpoint": n.endpoint,
         "canary_percent": n.canary_percent,
@@ -194,5 +199,8 @@ def _metric_text(n: Notification) -> str | None:
         return None
     shown = f"{n.metric_name} = {n.metric:g}"
     if n.champion_metric is not None:
-        shown += f" (champion {n.champion_metric:g})"
+        shown += f" vs champion {n.champion_metric:g}"
+        where = basis_text(n.basis, n.basis_rows)
+        if where:
+            shown += f" ({where})"
     return shown
