@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from retrain.jobspec import JobSpec
-from retrain.ports import JobInfo, Listed, Stored
+from retrain.ports import JobInfo, JobNotFound, Listed, Objective, Stored, Trial, job_name
 
 SAMPLE_CONFIG = """
 [defaults]
@@ -136,7 +136,8 @@ class MemoryStateStore:
 
 
 class FakeTraining:
-    """The TrainingService port: jobs in memory, with injectable failures."""
+    """The TrainingService port: jobs in memory (CustomJobs, and HyperparameterTuningJobs
+    for specs with a tuning study), with injectable failures."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -149,20 +150,25 @@ class FakeTraining:
         with self._lock:
             if self.fail_submit:
                 raise self.fail_submit.pop(0)
-            name = f"projects/acme-ml/locations/us-central1/customJobs/{next(self._ids)}"
+            tuning = spec.tuning
+            name = job_name("acme-ml", "us-central1", str(next(self._ids)), tuning=bool(tuning))
             job = JobInfo(
                 name=name,
                 state="JOB_STATE_PENDING",
                 display_name=spec.display_name,
                 labels=dict(spec.labels),
                 base_output_directory=spec.base_output_directory,
+                objective=Objective(tuning.metric, tuning.goal) if tuning else None,
             )
             self.jobs[name] = job
             self.specs[name] = spec
             return job
 
     def get(self, name: str) -> JobInfo:
-        return self.jobs[name]
+        with self._lock:
+            if name not in self.jobs:
+                raise JobNotFound(f"{name} not found")
+            return self.jobs[name]
 
     def find(self, labels: Mapping[str, str], *, active_only: bool = False) -> list[JobInfo]:
         with self._lock:
@@ -176,6 +182,13 @@ class FakeTraining:
     def cancel(self, name: str) -> None:
         self.set_state(name, "JOB_STATE_CANCELLED")
 
-    def set_state(self, name: str, state: str, error: str | None = None) -> None:
+    def set_state(
+        self,
+        name: str,
+        state: str,
+        error: str | None = None,
+        trials: tuple[Trial, ...] | None = None,
+    ) -> None:
         with self._lock:
-            self.jobs[name] = replace(self.jobs[name], state=state, error_message=error)
+            job = replace(self.jobs[name], state=state, error_message=error)
+            self.jobs[name] = job if trials is None else replace(job, trials=trials)

@@ -7,6 +7,8 @@ not silently fall back to a default.
 
 from __future__ import annotations
 
+import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +23,12 @@ SCHEMA_CHANGE_POLICIES = ("reject", "judge_alone")
 # "rejected": the quality gate refused a model; "request_rejected": a retrain request was
 # refused before any job (a bad field, a value outside the guards).
 NOTIFY_KINDS = ("deployed", "rejected", "rolled_back", "failed", "cancelled", "request_rejected")
+# Tuning: "default" is Vertex's own search (Vizier); "grid" and "random" name the others.
+ALGORITHMS = ("default", "grid", "random")
+PARAMETER_TYPES = ("double", "integer", "discrete", "categorical")
+SCALES = ("linear", "log")
+# A tuned parameter becomes `--<name>=<value>` and a Vertex parameter_id.
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,8 @@ class Guards:
     max_accelerator_count: int | None = None
     max_replica_count: int | None = None
     max_concurrent_jobs: int | None = None
+    max_trials: int = 32  # per tuning job
+    max_parallel_trials: int = 4
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,31 @@ class GateCondition:
     metric: str
     min: float | None = None
     max: float | None = None
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One tuned hyperparameter: a range (double, integer) or a list of values."""
+
+    name: str
+    type: str  # one of PARAMETER_TYPES
+    min: float | None = None
+    max: float | None = None
+    scale: str = "linear"
+    values: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A HyperparameterTuningJob's study: what to optimise, how many trials, which space."""
+
+    metric: str
+    goal: str
+    max_trial_count: int
+    parallel_trial_count: int
+    parameters: tuple[Parameter, ...]
+    max_failed_trial_count: int = 0
+    algorithm: str = "default"
 
 
 @dataclass(frozen=True)
@@ -113,6 +148,7 @@ class Pipeline:
     cooldown_seconds: int = 0
     deploy: Deploy | None = None
     notify: Notify | None = None
+    tuning: Tuning | None = None
 
     @property
     def data_root(self) -> str:
@@ -153,6 +189,8 @@ def parse_config(text: str, source: str) -> Config:
         max_accelerator_count=guards_t.opt_int("max_accelerator_count", minimum=0),
         max_replica_count=guards_t.opt_int("max_replica_count", minimum=1),
         max_concurrent_jobs=guards_t.opt_int("max_concurrent_jobs", minimum=1),
+        max_trials=guards_t.integer("max_trials", 32, minimum=1),
+        max_parallel_trials=guards_t.integer("max_parallel_trials", 4, minimum=1),
     )
     guards_t.done()
     pipelines_t = root.table("pipelines")
@@ -176,6 +214,7 @@ def _pipeline(t: _Table, name: str, guards: Guards) -> Pipeline:
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     trigger = t.choice("trigger", TRIGGER_MODES, "each")
+    training = _training(t.table("training", required=True), guards)
     pipeline = Pipeline(
         name=name,
         bucket=bucket,
@@ -185,9 +224,10 @@ def _pipeline(t: _Table, name: str, guards: Guards) -> Pipeline:
         marker=t.text("marker", "_SUCCESS"),
         quiet_seconds=t.integer("quiet_seconds", 300, minimum=0),
         cooldown_seconds=t.integer("cooldown_seconds", 0, minimum=0),
-        training=_training(t.table("training", required=True), guards),
+        training=training,
         deploy=_deploy(t.table("deploy"), guards) if t.has("deploy") else None,
         notify=_notify(t.table("notify")) if t.has("notify") else None,
+        tuning=_tuning(t.table("tuning"), guards, training) if t.has("tuning") else None,
     )
     t.done()
     return pipeline
@@ -289,6 +329,80 @@ def _eval_uri(t: _Table, guards: Guards) -> str | None:
     if guards.allowed_buckets and bucket not in guards.allowed_buckets:
         t.fail("eval_uri", f"bucket {bucket!r} is not in guards.allowed_buckets")
     return uri
+
+
+def _tuning(t: _Table, guards: Guards, training: Training) -> Tuning:
+    max_trials = t.opt_int("max_trial_count", minimum=1)
+    if max_trials is None:
+        t.fail("max_trial_count", "is required")
+    assert max_trials is not None
+    if max_trials > guards.max_trials:
+        t.fail("max_trial_count", f"{max_trials} exceeds guards.max_trials ({guards.max_trials})")
+    parallel = t.integer("parallel_trial_count", 1, minimum=1)
+    if parallel > guards.max_parallel_trials:
+        t.fail(
+            "parallel_trial_count",
+            f"{parallel} exceeds guards.max_parallel_trials ({guards.max_parallel_trials})",
+        )
+    if parallel > max_trials:
+        t.fail("parallel_trial_count", f"{parallel} exceeds max_trial_count ({max_trials})")
+    # 0 lets Vertex decide when failed trials fail the job, as the API says.
+    max_failed = t.integer("max_failed_trial_count", 0, minimum=0, maximum=max_trials)
+    algorithm = t.choice("algorithm", ALGORITHMS, "default")
+    params_t = t.table("parameters", required=True)
+    parameters = tuple(_parameter(params_t, name, training) for name in sorted(params_t.names()))
+    if not parameters:
+        t.fail("parameters", "must name at least one parameter to tune")
+    for p in parameters:
+        if algorithm == "grid" and p.type == "double":
+            params_t.fail(
+                p.name,
+                "a double has no grid: algorithm 'grid' takes integer, discrete or "
+                "categorical parameters",
+            )
+    tuning = Tuning(
+        metric=t.text("metric", required=True),
+        goal=t.choice("goal", GOALS, "maximize"),
+        max_trial_count=max_trials,
+        parallel_trial_count=parallel,
+        max_failed_trial_count=max_failed,
+        algorithm=algorithm,
+        parameters=parameters,
+    )
+    t.done()
+    return tuning
+
+
+def _parameter(params_t: _Table, name: str, training: Training) -> Parameter:
+    if not _PARAMETER_NAME.fullmatch(name):
+        params_t.fail(name, "parameter names use letters, digits, '_', '.' and '-'")
+    if name in training.hyperparameters:
+        # Both would become `--<name>=`: the trial's value must be the only one.
+        params_t.fail(
+            name, "is also a fixed hyperparameter in training.hyperparameters: keep one of them"
+        )
+    p = params_t.table(name, required=True)
+    kind = p.choice("type", PARAMETER_TYPES, "")
+    if kind in ("double", "integer"):
+        low, high = (
+            p.bound("min", integer=kind == "integer"),
+            p.bound("max", integer=kind == "integer"),
+        )
+        if low >= high:
+            p.fail("max", f"must be greater than min ({low:g})")
+        scale = p.choice("scale", SCALES, "linear")
+        if scale == "log" and low <= 0:
+            p.fail("min", 'must be positive with scale = "log"')
+        parameter = Parameter(name, kind, low, high, scale)
+    else:
+        values = p.values("values", numbers=kind == "discrete")
+        # Vertex scales discrete values too; categories have no scale.
+        scale = p.choice("scale", SCALES, "linear") if kind == "discrete" else "linear"
+        if kind == "discrete" and scale == "log" and min(values) <= 0:
+            p.fail("values", 'must all be positive with scale = "log"')
+        parameter = Parameter(name, kind, scale=scale, values=values)
+    p.done()
+    return parameter
 
 
 def _notify(t: _Table) -> Notify:
@@ -426,6 +540,41 @@ class _Table:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self.fail(key, "must be a list of strings")
         return tuple(value)
+
+    def bound(self, key: str, *, integer: bool) -> float:
+        """A required finite number (an integer when `integer`): a range's end."""
+        value = self._get(key, True)
+        if integer and (isinstance(value, bool) or not isinstance(value, int)):
+            self.fail(key, "must be an integer for an integer parameter")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            self.fail(key, "must be a finite number")
+        return float(value)
+
+    def values(self, key: str, *, numbers: bool) -> tuple[Any, ...]:
+        """A non-empty list of distinct values: finite numbers (sorted, as Vertex wants
+        discrete values) or non-empty strings."""
+        value = self._get(key, True)
+        what = "finite numbers" if numbers else "non-empty strings"
+        if not isinstance(value, list) or not value:
+            self.fail(key, f"must be a non-empty list of {what}")
+        for item in value:
+            if numbers:
+                good = (
+                    isinstance(item, int | float)
+                    and not isinstance(item, bool)
+                    and math.isfinite(item)
+                )
+            else:
+                good = isinstance(item, str) and bool(item)
+            if not good:
+                self.fail(key, f"must be a list of {what}, not {item!r}")
+        if len(set(value)) != len(value):
+            self.fail(key, "must not repeat a value")
+        return tuple(sorted(value)) if numbers else tuple(value)
 
     def scalar(self, key: str) -> Any:
         value = self._get(key, True)

@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from retrain import notify
+from retrain import trials as tuning_trials
 from retrain.config import Config, Pipeline
 from retrain.errors import ConfigError, InvalidEvent, PermanentError, TransientError
 from retrain.events import Event, JobEnded, Tick, Unhandled
@@ -46,12 +47,15 @@ from retrain.ports import (
     Endpoints,
     JobInfo,
     JobLogs,
+    JobNotFound,
     ModelRegistry,
     ModelVersion,
     Notifier,
     Stored,
     TrainingService,
+    Trial,
     VersionSpec,
+    job_name,
 )
 
 CHAMPION = "champion"
@@ -98,6 +102,7 @@ class _Handling:
     claim: Stored
     log: Logger
     changes: dict[str, Any] = field(default_factory=dict)
+    trial: Trial | None = None  # a tuning job's best trial, whose model is judged
 
     @property
     def data_uri(self) -> str | None:
@@ -166,10 +171,18 @@ class JobEvents:
         config = self._config()
         if isinstance(event, Tick):
             return self._on_tick(config, event.event_id)
-        region = config.defaults.region
-        name = f"projects/{self._project(config)}/locations/{region}/customJobs/{event.job_id}"
-        job = self._training(config).get(name)
+        job = self._read_job(config, event.job_id)
         return [self._on_job(config, job, event.event_id)]
+
+    def _read_job(self, config: Config, job_id: str) -> JobInfo:
+        """The job a log entry names: its id alone does not say which kind it is, so a
+        CustomJob (the usual case) is looked up first, then a HyperparameterTuningJob."""
+        training = self._training(config)
+        project, region = self._project(config), config.defaults.region
+        try:
+            return training.get(job_name(project, region, job_id))
+        except JobNotFound:
+            return training.get(job_name(project, region, job_id, tuning=True))
 
     # one job end -----------------------------------------------------------------------
     def _on_job(self, config: Config, job: JobInfo, event_id: str) -> Outcome:
@@ -184,6 +197,10 @@ class JobEvents:
         if not job.terminal:
             log.info("job ignored", reason=f"job is {job.state}")
             return Outcome("ignored", f"job is {job.state}", run_id, job.name)
+        if pipeline.tuning and not job.is_tuning and self._is_trial(config, pipeline, run_id):
+            reason = "a trial's CustomJob: the run ends with its HyperparameterTuningJob"
+            log.info("job ignored", reason=reason)
+            return Outcome("ignored", reason, run_id, job.name)
         jobs = self._jobs(config)
         # The claim's atomic create is also the duplicate check: a done record stops it.
         claim = self._claim(jobs, pipeline.name, run_id, job)
@@ -241,7 +258,20 @@ class JobEvents:
             return
         h.claim = updated
 
+    def _is_trial(self, config: Config, pipeline: Pipeline, run_id: str) -> bool:
+        """Whether a CustomJob carrying a run's labels is a trial of that run's tuning job
+        (should Vertex copy the labels onto trials): the run record names the tuning job."""
+        stored = self._ledger(config).read_run(pipeline.name, run_id)
+        recorded = (stored.doc.get("job_name") or "") if stored else ""
+        return "/hyperparameterTuningJobs/" in recorded
+
     def _dispatch(self, h: _Handling) -> Outcome:
+        if h.job.state == SUCCEEDED and h.job.is_tuning:
+            h.trial = tuning_trials.best(h.job)
+            if h.trial is None:
+                metric = h.job.objective.metric if h.job.objective else "the study's metric"
+                error = f"no trial succeeded with a value of {metric}"
+                return self._on_ended_badly(h, notify.FAILED, error=error)
         if h.job.state == SUCCEEDED:
             return self._on_succeeded(h)
         if h.job.state == CANCELLED:
@@ -252,13 +282,14 @@ class JobEvents:
         return self._on_ended_badly(h, notify.FAILED)
 
     # failed, cancelled ------------------------------------------------------------------
-    def _on_ended_badly(self, h: _Handling, kind: str) -> Outcome:
+    def _on_ended_badly(self, h: _Handling, kind: str, error: str | None = None) -> Outcome:
+        error = error or h.job.error_message
         tail: list[str] = []
         if kind == notify.FAILED and notify.wanted(h.pipeline.notify, kind):
             tail = self._log_tail(h)
-        message = self._notification(h, kind, error=h.job.error_message, log_tail=tuple(tail))
+        message = self._notification(h, kind, error=error, log_tail=tuple(tail))
         self._notify(h.pipeline, message, h.log)
-        return Outcome(kind, h.job.error_message or h.job.state, h.run_id, h.job.name)
+        return Outcome(kind, error or h.job.state, h.run_id, h.job.name)
 
     def _log_tail(self, h: _Handling) -> list[str]:
         # Best effort: a notification without its log tail beats no notification.
@@ -295,6 +326,8 @@ class JobEvents:
         if deploy is None:
             return Outcome("succeeded", "no deploy configured", h.run_id, h.job.name)
         directory = model_dir(h.job)
+        if h.trial is not None and h.job.base_output_directory:
+            directory = tuning_trials.model_dir(h.job.base_output_directory, h.trial)
         if directory is None:
             return self._reject(h, "the job has no base_output_directory: no model to read")
         registry = self._registry(h.config)
@@ -337,10 +370,17 @@ class JobEvents:
                 PIPELINE_LABEL: label_value(h.pipeline.name),
                 RUN_LABEL: label_value(h.run_id),
                 "retrain-job": label_value(h.job.job_id),
+                # A tuning job's version comes from its best trial.
+                **({"retrain-trial": label_value(h.trial.id)} if h.trial else {}),
             },
             metric_name=deploy.metric,
             metric_value=value,
-            description=f"retrain {h.pipeline.name} run {h.run_id}: {deploy.metric}={value:g}",
+            description=f"retrain {h.pipeline.name} run {h.run_id}: {deploy.metric}={value:g}"
+            + (
+                f"; trial {h.trial.id} of {h.job.job_id} ({tuning_trials.parameters_text(h.trial)})"
+                if h.trial
+                else ""
+            ),
         )
 
     def _deploy(self, h: _Handling, version: ModelVersion, directory: str) -> Outcome:
@@ -604,6 +644,7 @@ class JobEvents:
             region=h.config.defaults.region,
             data_uri=h.data_uri,
             duration_seconds=notify.duration(h.job.start_time, h.job.end_time),
+            trials=tuning_trials.summary(h.job) if h.job.is_tuning else (),
             **fields,
         )
 
@@ -619,6 +660,9 @@ class JobEvents:
         """The run record keeps the lineage: outcome, model version, endpoint, new job."""
         ledger = self._ledger(h.config)
         changes = {"outcome": outcome.action, "outcome_detail": outcome.detail, **h.changes}
+        if h.trial is not None:
+            changes["trial"] = {"id": h.trial.id, "parameters": dict(h.trial.parameters),
+                                "metric": h.trial.metric}  # fmt: skip
         current = h.record  # read when the handling began: usually still current
         for _ in range(3):
             if current is None:

@@ -1,7 +1,8 @@
-"""The CustomJob the trigger submits (DESIGN.md contract), as a pure value.
+"""The job the trigger submits (DESIGN.md contract), as a pure value.
 
-The Vertex adapter turns a `JobSpec` into an `aiplatform_v1.CustomJob`; keeping the shape
-here makes it testable without the client library.
+The Vertex adapter turns a `JobSpec` into an `aiplatform_v1.CustomJob`, or, when it carries
+a `tuning` study, into a HyperparameterTuningJob whose trial job is that CustomJob's spec;
+keeping the shape here makes it testable without the client library.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrain.config import Machine, Pipeline
+from retrain.config import Machine, Pipeline, Tuning
 from retrain.planner import RunPlan
 
 PIPELINE_LABEL = "retrain-pipeline"
@@ -36,6 +37,9 @@ class JobSpec:
     service_account: str | None = None
     restart_job_on_worker_restart: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Set: a HyperparameterTuningJob with this study; every trial runs the pools above with
+    # `--<parameter>=<value>` appended and its own `<base_output_directory>/<trial_id>/`.
+    tuning: Tuning | None = None
 
 
 def label_value(value: str) -> str:
@@ -83,4 +87,5 @@ def build_job(
         timeout_seconds=training.timeout_seconds,
         strategy=training.strategy,
         service_account=training.service_account,
+        tuning=pipeline.tuning,
     )

@@ -57,6 +57,7 @@ class Notification:
     error: str | None = None  # the job's error message
     log_tail: tuple[str, ...] = ()
     canary_percent: int | None = None
+    trials: tuple[str, ...] = ()  # a tuning job's best trials and failures, a line each
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -145,6 +146,7 @@ def document(n: Notification) -> dict[str, Any]:
         "reason": n.reason,
         "error": error_text(n.error),
         "log_tail": list(n.log_tail),
+        "trials": list(n.trials),
         "links": links(n),
         **n.extra,
     }
@@ -169,6 +171,8 @@ def text(n: Notification, tail_lines: int = 20) -> str:
     )
     lines += [f"{name}: {value}" for name, value in facts if value is not None]
     lines += [f"{name}: {url}" for name, url in links(n).items()]
+    if n.trials:
+        lines += ["trials:", *(f"  {line}" for line in n.trials)]
     if n.log_tail:
         lines += ["last log lines:", "```", *n.log_tail[-tail_lines:], "```"]
     return "\n".join(lines)

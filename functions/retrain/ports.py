@@ -14,6 +14,13 @@ from retrain.jobspec import JobSpec
 TERMINAL_STATES = frozenset(
     {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 )
+# The two kinds of training job, told apart by their resource names.
+CUSTOM_JOBS = "customJobs"
+TUNING_JOBS = "hyperparameterTuningJobs"
+
+
+class JobNotFound(PermanentError):
+    """No job of that name: a job id may name a CustomJob or a HyperparameterTuningJob."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,25 @@ class Blobs(Protocol):
 
 
 @dataclass(frozen=True)
+class Trial:
+    """One trial of a HyperparameterTuningJob, as Vertex reports it."""
+
+    id: str  # "1", "2", …
+    state: str  # aiplatform_v1.Trial.State name: SUCCEEDED, INFEASIBLE, ACTIVE, …
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    metric: float | None = None  # the final measurement of the study's metric
+    error: str | None = None  # infeasible_reason: why the trial failed
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The study's metric and its goal ("maximize" | "minimize")."""
+
+    metric: str
+    goal: str
+
+
+@dataclass(frozen=True)
 class JobInfo:
     name: str
     state: str  # aiplatform_v1.JobState name, e.g. "JOB_STATE_RUNNING"
@@ -69,10 +95,17 @@ class JobInfo:
     start_time: datetime | None = None
     end_time: datetime | None = None
     base_output_directory: str | None = None
+    # A HyperparameterTuningJob's study objective and trials (None and () for a CustomJob).
+    objective: Objective | None = None
+    trials: tuple[Trial, ...] = ()
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def is_tuning(self) -> bool:
+        return f"/{TUNING_JOBS}/" in self.name
 
     @property
     def job_id(self) -> str:
@@ -80,16 +113,24 @@ class JobInfo:
 
 
 class TrainingService(Protocol):
-    """Vertex AI custom training jobs."""
+    """Vertex AI training jobs: CustomJobs, and HyperparameterTuningJobs for a spec with a
+    tuning study. `get` and `cancel` take either kind's resource name."""
 
     def submit(self, spec: JobSpec) -> JobInfo: ...
 
-    def get(self, name: str) -> JobInfo: ...
+    def get(self, name: str) -> JobInfo:
+        """Raises JobNotFound when no such job exists."""
 
     def find(self, labels: Mapping[str, str], *, active_only: bool = False) -> list[JobInfo]:
-        """Jobs carrying all of `labels`; with `active_only`, only those not yet ended."""
+        """Jobs of both kinds carrying all of `labels`; with `active_only`, only those not
+        yet ended."""
 
     def cancel(self, name: str) -> None: ...
+
+
+def job_name(project: str, region: str, job_id: str, *, tuning: bool = False) -> str:
+    kind = TUNING_JOBS if tuning else CUSTOM_JOBS
+    return f"projects/{project}/locations/{region}/{kind}/{job_id}"
 
 
 # --- the job-events function's ports ---------------------------------------------------
