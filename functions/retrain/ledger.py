@@ -10,6 +10,9 @@ allows about one write per second to a single object name):
     open/<pipeline>/<run_id>                        a run not yet submitted (waiting, or a
                                                     claim a tick must check); removed once
                                                     the job exists
+    batches/<pipeline>.json                         quiet mode: names the run that took the
+                                                    last batch; the next run's id derives
+                                                    from it (written once per batch)
     pipelines/<pipeline>/last-submit.json           for cooldowns
 
 Kept by the job-events function:
@@ -76,6 +79,27 @@ class Ledger:
         # A quiet batch can hold thousands of objects: delete them concurrently.
         with ThreadPoolExecutor(max_workers=min(16, len(keys))) as pool:
             list(pool.map(self.store.delete, keys))
+
+    # quiet batches ---------------------------------------------------------------------
+    def quiet_batch(self, pipeline: str) -> tuple[str, Stored | None]:
+        """The key of the quiet batch being collected ("" before the first flush) and the
+        record it comes from. Read before listing the pending objects: the record moves on
+        only after a run's objects have left the pending set, so a listing taken after it
+        never misses objects that the batch's run still has to cover."""
+        stored = self.store.read(f"batches/{pipeline}.json")
+        return (str(stored.doc.get("last_run_id") or "") if stored else ""), stored
+
+    def close_quiet_batch(
+        self, pipeline: str, read: Stored | None, run_id: str, now: datetime
+    ) -> bool:
+        """Start the next batch once `run_id` covered this one. A compare-and-swap on the
+        record as read before planning: a second close of the same batch changes nothing
+        (False)."""
+        key = f"batches/{pipeline}.json"
+        doc = {"last_run_id": run_id, "closed_at": iso(now)}
+        if read is None:
+            return self.store.create(key, doc) is not None
+        return self.store.replace(key, doc, generation=read.generation) is not None
 
     # runs ------------------------------------------------------------------------------
     def claim_run(self, run: RunPlan, now: datetime) -> Stored | None:

@@ -177,8 +177,14 @@ class Pending:
     recorded_at: datetime
 
 
-def plan_quiet_flush(pipeline: Pipeline, pending: Sequence[Pending], now: datetime) -> Decision:
-    """Quiet mode: one run for everything pending once nothing new arrived for a while."""
+def plan_quiet_flush(
+    pipeline: Pipeline, pending: Sequence[Pending], now: datetime, batch: str = ""
+) -> Decision:
+    """Quiet mode: one run for everything pending once nothing new arrived for a while.
+
+    The run id derives from `batch`, the key of the batch being collected (the run that
+    took the previous one), never from the pending objects listed: a tick that lists while
+    another tick's flush is still removing them plans the same run, whose claim it loses."""
     if not pending:
         return Ignore("nothing pending")
     newest = max(p.recorded_at for p in pending)
@@ -192,7 +198,7 @@ def plan_quiet_flush(pipeline: Pipeline, pending: Sequence[Pending], now: dateti
     return Submit(
         RunPlan(
             pipeline=pipeline.name,
-            run_id=run_id_for(pipeline.name, "quiet", *keys),
+            run_id=run_id_for(pipeline.name, "quiet", batch),
             trigger="quiet",
             data_uri=pipeline.data_root,
             hyperparameters=dict(pipeline.training.hyperparameters),

@@ -8,6 +8,10 @@ Idempotency, step by step (keys in parentheses):
   through the job's `retrain-run` label (a crash after CreateCustomJob), taken over when its
   claim was released or went stale, or retried later while another delivery holds it.
 * waiting runs (`open/<pipeline>/<run_id>`) are submitted by ticks, never dropped.
+* a quiet batch (`batches/<pipeline>.json`): its run id derives from the run that took the
+  previous batch, not from the pending objects a tick lists, so ticks that overlap a long
+  flush plan the same run and lose its claim; the record moves on once the run's objects
+  have left the pending set, by whichever delivery finished removing them.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from retrain.planner import (
     plan_quiet_flush,
     plan_request,
 )
-from retrain.ports import JobInfo, Notifier, TrainingService
+from retrain.ports import JobInfo, Notifier, Stored, TrainingService
 
 CLAIM_LEASE = timedelta(seconds=120)  # a claim older than this without a job is abandoned
 DUPLICATE_WAIT_S = (0.2, 0.4, 0.8)  # how a duplicate waits for the claimant to finish
@@ -135,35 +139,87 @@ class Trigger:
         outcomes: list[Outcome] = []
         for pipeline in config.pipelines.values():
             if pipeline.trigger == "quiet":
-                decision = plan_quiet_flush(
-                    pipeline, ledger.list_pending(pipeline.name), self._clock()
-                )
-                if isinstance(decision, Submit):
-                    outcomes.append(self._start(decision.run, config))
-                elif isinstance(decision, Ignore) and decision.reason != "nothing pending":
-                    self._log.info(
-                        "quiet batch not ready", pipeline=pipeline.name, reason=decision.reason
-                    )
+                flushed = self._flush_quiet(pipeline, config)
+                if flushed is not None:
+                    outcomes.append(flushed)
             for run_id in ledger.open_runs(pipeline.name):
                 outcomes.append(self._resume(pipeline, run_id, config))
         return outcomes
 
+    def _flush_quiet(self, pipeline: Pipeline, config: Config) -> Outcome | None:
+        """One run per quiet batch, however long its flush takes and however many ticks
+        overlap it (see the module docstring); None when nothing is due."""
+        ledger = self._ledger(config)
+        batch, batch_record = ledger.quiet_batch(pipeline.name)  # before listing: see there
+        pending = ledger.list_pending(pipeline.name)
+        decision = plan_quiet_flush(pipeline, pending, self._clock(), batch)
+        if isinstance(decision, Ignore):
+            if decision.reason != "nothing pending":
+                self._log.info(
+                    "quiet batch not ready", pipeline=pipeline.name, reason=decision.reason
+                )
+            return None
+        assert isinstance(decision, Submit)
+        run = decision.run
+        log = self._log.bind(pipeline=pipeline.name, run_id=run.run_id)
+        claimed = ledger.claim_run(run, self._clock())
+        if claimed is not None:
+            outcome = self._submit_claimed(run, claimed, config)
+        else:
+            stored = ledger.read_run(pipeline.name, run.run_id)
+            if stored is None:
+                raise TransientError(f"run {run.run_id}: record vanished while being read")
+            if self._claim_is_live(stored.doc):
+                log.info("quiet batch is being flushed by another delivery")
+                return Outcome("duplicate", "batch being flushed", run.run_id)
+            # The flush that claimed the batch ended or was interrupted: finish removing
+            # its objects (deletes are idempotent); a waiting or abandoned run is resumed
+            # below, through its open record.
+            covered = set(stored.doc.get("objects") or ())
+            ledger.drop_pending(
+                pipeline.name, [p.object_key for p in pending if p.object_key in covered]
+            )
+            outcome = Outcome(
+                "duplicate", "batch already flushed", run.run_id, stored.doc.get("job_name")
+            )
+        # Every object of the run left the pending set by this delivery's own hand.
+        ledger.close_quiet_batch(pipeline.name, batch_record, run.run_id, self._clock())
+        return outcome
+
+    def _claim_is_live(self, record: dict[str, Any]) -> bool:
+        claimed_at = parse_iso(record.get("claimed_at"))
+        return (
+            record.get("status") == CLAIMED
+            and claimed_at is not None
+            and self._clock() - claimed_at < CLAIM_LEASE
+        )
+
     # runs ------------------------------------------------------------------------------
     def _start(self, run: RunPlan, config: Config) -> Outcome:
+        claimed = self._ledger(config).claim_run(run, self._clock())
+        if claimed is None:
+            return self._duplicate(config.pipelines[run.pipeline], run.run_id, config)
+        return self._submit_claimed(run, claimed, config)
+
+    def _submit_claimed(self, run: RunPlan, claimed: Stored, config: Config) -> Outcome:
         ledger = self._ledger(config)
         pipeline = config.pipelines[run.pipeline]
         log = self._log.bind(pipeline=run.pipeline, run_id=run.run_id)
-        claimed = ledger.claim_run(run, self._clock())
-        if claimed is None:
-            return self._duplicate(pipeline, run.run_id, config)
         ledger.open(run.pipeline, run.run_id)
         if run.trigger in ("marker", "quiet"):
             covered = self._cover_pending(ledger, run)
-            if covered:
-                updated = ledger.update_run(
-                    run.pipeline, run.run_id, claimed, {"objects": sorted(covered)}
-                )
-                claimed = updated or claimed
+            # Renews the claim as well: covering a large batch can outlast CLAIM_LEASE, and
+            # a delivery that took an expired claim over owns the run from then on.
+            renewed = ledger.update_run(
+                run.pipeline,
+                run.run_id,
+                claimed,
+                {"objects": sorted(covered), "claimed_at": iso(self._clock())},
+            )
+            if renewed is None:
+                log.warning("claim taken over while the pending objects were being covered")
+                return Outcome("duplicate", "claim taken over", run.run_id)
+            claimed = renewed
         log.info("run claimed", trigger=run.trigger, data_uri=run.data_uri)
         return self._admit_and_submit(pipeline, claimed.doc, claimed.generation, config)
 
@@ -182,8 +238,6 @@ class Trigger:
     def _admit_and_submit(
         self, pipeline: Pipeline, record: dict[str, Any], generation: int, config: Config
     ) -> Outcome:
-        from retrain.ports import Stored
-
         ledger = self._ledger(config)
         run_id = record["run_id"]
         log = self._log.bind(pipeline=pipeline.name, run_id=run_id)

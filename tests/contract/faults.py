@@ -23,7 +23,7 @@ Match = Callable[[str, str, bytes], bool]  # (method, path with query, body) -> 
 @dataclass
 class Rule:
     match: Match
-    status: int
+    status: int  # 0: no failure, the request is only held (a slow upstream)
     times: int = 1
     after_upstream: bool = False  # forward first (the work happens), then fail the reply
     hold: threading.Event | None = None  # block the matched request until this is set
@@ -87,7 +87,7 @@ class FaultProxy:
                 rule = proxy._take(self.command, self.path, body)
                 if rule is not None and rule.hold is not None:
                     rule.hold.wait(timeout=60)
-                if rule is not None and not rule.after_upstream:
+                if rule is not None and rule.status and not rule.after_upstream:
                     return self._reply(
                         rule.status,
                         b'{"error": {"code": %d, "message": "injected"}}' % rule.status,
@@ -101,7 +101,7 @@ class FaultProxy:
                 upstream = conn.getresponse()
                 data = upstream.read()
                 conn.close()
-                if rule is not None:
+                if rule is not None and rule.status:
                     return self._reply(
                         rule.status,
                         b'{"error": {"code": %d, "message": "injected"}}' % rule.status,
@@ -185,13 +185,13 @@ class GrpcFaultProxy:
                 rule = proxy._take("POST", path, data)
                 if rule is not None and rule.hold is not None:
                     rule.hold.wait(timeout=60)
-                if rule is not None and not rule.after_upstream:
+                if rule is not None and rule.status and not rule.after_upstream:
                     context.abort(getattr(grpc.StatusCode, _GRPC_CODES[rule.status]), "injected")
                 try:
                     reply = forward(data, timeout=60)
                 except grpc.RpcError as err:
                     context.abort(err.code(), err.details())
-                if rule is not None:
+                if rule is not None and rule.status:
                     context.abort(getattr(grpc.StatusCode, _GRPC_CODES[rule.status]), "injected")
                 return bytes(reply)
 
