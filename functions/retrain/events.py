@@ -206,7 +206,9 @@ def request_from_payload(
     unknown = sorted(str(key) for key in payload if key not in REQUEST_FIELDS)
     if unknown:
         names = ", ".join(shown(key) for key in unknown[:5])
-        return malformed(unknown[0], f"retrain request has unknown field(s): {names}")
+        return malformed(
+            unknown[0], f"unknown field(s) {names} (a request has {', '.join(REQUEST_FIELDS)})"
+        )
     data_uri = payload.get("data_uri")
     if data_uri is not None and (not isinstance(data_uri, str) or not data_uri):
         return malformed("data_uri", f"data_uri must be a non-empty string, not {shown(data_uri)}")

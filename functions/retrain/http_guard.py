@@ -97,7 +97,7 @@ class Guard:
         problem = safejson.hazard(body)
         if problem:
             return _error(400, f"request body: {problem}")
-        headers = {key.lower() for key in request.headers.keys()}
+        headers = {key.lower() for key, _value in request.headers.items()}
         if all(name in headers for name in _BINARY_HEADERS):
             return None  # binary mode: the body is the event's data, ours to judge
         try:

@@ -18,6 +18,7 @@ from typing import Any
 from retrain.config import Config, Pipeline
 from retrain.errors import shown
 from retrain.events import MalformedRequest, RetrainRequested
+from retrain.safejson import HugeNumber
 
 MAX_URI = 2048  # characters: gs:// + a 222-character bucket + a 1024-byte object name
 MAX_TEXT = 256  # characters of a string hyperparameter
@@ -111,6 +112,8 @@ def object_name_problem(name: str) -> str | None:
 def value_problem(default: Any, value: Any) -> str | None:
     """Why `value` may not replace the hyperparameter whose default is `default`."""
     expected = type(default).__name__
+    if isinstance(value, HugeNumber):
+        return f"is out of range ({value!r})"
     # bool is an int in Python: a request must not turn a flag into a number or back.
     if isinstance(default, bool) or isinstance(value, bool):
         same = isinstance(default, bool) and isinstance(value, bool)

@@ -4,7 +4,9 @@ Python's `json` recurses once per nesting level (a few thousand `[` end in Recur
 and converts every integer literal with `int()` (past 4300 digits: ValueError, and the
 conversion is quadratic below that). Neither is a JSONDecodeError, so a caller that
 catches only that answers HTTP 500 and the sender retries for a day. `hazard` finds both
-with a linear scan before any parser runs; `loads` decodes or raises `JsonRejected`.
+with a linear scan before any parser runs. `loads` refuses deep nesting and decodes an
+integer literal longer than MAX_DIGITS as a `HugeNumber`, so that the field holding it can
+be named in the rejection rather than the whole document refused.
 
 The scan is used twice: by the parser on Pub/Sub message data, and by the HTTP guard on
 request bodies before functions-framework (and the CloudEvents SDK in it) parse them.
@@ -35,12 +37,23 @@ class JsonRejected(ValueError):
     """The text is not JSON, or JSON this product refuses to decode."""
 
 
-def hazard(text: bytes | bytearray | str) -> str | None:
+class HugeNumber:
+    """An integer literal too long to be any value this product accepts. Deliberately not
+    an int: no code can take it for a number."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<a number of {self.digits} digits>"
+
+
+def hazard(text: bytes | bytearray | str, *, digits: bool = True) -> str | None:
     """What makes `text` unsafe to hand to a JSON parser, or None. Outside strings: nesting
-    deeper than MAX_DEPTH, or a run of more than MAX_DIGITS digits."""
+    deeper than MAX_DEPTH, or (with `digits`) a run of more than MAX_DIGITS digits."""
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
     outside = _STRING.sub(b'""', raw)
-    if _LONG_DIGITS.search(outside):
+    if digits and _LONG_DIGITS.search(outside):
         return f"a number has more than {MAX_DIGITS} digits"
     brackets = outside.translate(None, _NOT_BRACKET)
     if brackets and max(accumulate(map(_DELTA.__getitem__, brackets))) > MAX_DEPTH:
@@ -50,15 +63,20 @@ def hazard(text: bytes | bytearray | str) -> str | None:
 
 def loads(text: bytes | bytearray | str) -> Any:
     """Decode UTF-8 JSON text, or raise JsonRejected saying why not."""
-    problem = hazard(text)
+    problem = hazard(text, digits=False)
     if problem:
         raise JsonRejected(problem)
     try:
         decoded = text.decode("utf-8") if isinstance(text, bytes | bytearray) else text
-        return json.loads(decoded)
+        return json.loads(decoded, parse_int=_int)
     except UnicodeDecodeError as err:
         raise JsonRejected(f"not UTF-8: {err.reason} at byte {err.start}") from err
     except json.JSONDecodeError as err:
         raise JsonRejected(str(err)) from err
     except (ValueError, RecursionError) as err:  # what the scan should have caught
         raise JsonRejected(f"undecodable ({type(err).__name__})") from err
+
+
+def _int(literal: str) -> int | HugeNumber:
+    digits = len(literal.lstrip("-"))
+    return int(literal) if digits <= MAX_DIGITS else HugeNumber(digits)

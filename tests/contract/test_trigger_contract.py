@@ -4,13 +4,16 @@ of binary-mode CloudEvents, redelivered on non-2xx as Eventarc does."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import requests
 from google.cloud import aiplatform_v1
 
 from tests.contract.conftest import Cloud
+from tests.unit import hostile_requests
 
 
 def test_200_concurrent_duplicates_give_one_job_or_one_pending_record(cloud: Cloud):
@@ -167,3 +170,33 @@ def test_submitted_job_carries_the_configured_shape(cloud: Cloud):
     assert spec.scheduling.timeout.total_seconds() == 14400
     assert spec.scheduling.restart_job_on_worker_restart
     assert spec.service_account == "trainer@acme-ml.iam.gserviceaccount.com"
+
+
+def test_hostile_requests_are_refused_naming_the_field_with_no_job(cloud: Cloud):
+    for n, (name, text, _field, _phrase) in enumerate(hostile_requests.CASES):
+        delivery = cloud.message(hostile_requests.payload(text, cloud.landing), f"hostile-{n}")
+        assert cloud.post(*delivery) == 200, name
+    refused = [r for r in cloud.logs() if r.get("severity") == "ERROR"]
+    assert len(refused) == len(hostile_requests.CASES)
+    for record, (name, _text, field, phrase) in zip(refused, hostile_requests.CASES, strict=True):
+        assert record["field"] == field and phrase in record["message"], (name, record)
+    assert cloud.jobs() == []
+    assert cloud.state_objects("runs/") == []
+
+
+def test_batch_mode_and_unparseable_bodies_get_a_4xx_not_a_500(cloud: Cloud):
+    headers, body = cloud.message({"pipeline": "churn"}, "raw-1")
+    structured = {"specversion": "1.0", "id": "raw-1", "source": headers["ce-source"],
+                  "type": headers["ce-type"], "data": body}  # fmt: skip
+    deep = "[" * 100_000 + "]" * 100_000
+    cases = [
+        ({"content-type": "application/cloudevents-batch+json"}, json.dumps([structured]), 415),
+        ({"content-type": "application/cloudevents+json"}, f'{{"data": {deep}}}', 400),
+        (headers, '{"message": {"messageId": ' + "9" * 5000 + "}}", 400),
+        ({"content-type": "application/cloudevents+json"}, b"\xff\xfe{}", 400),
+    ]
+    for case_headers, raw, expected in cases:
+        response = requests.post(cloud.function.url, headers=case_headers, data=raw, timeout=30)
+        assert response.status_code == expected, response.text
+        assert response.json()["error"]["code"] == expected
+    assert cloud.jobs() == []

@@ -9,6 +9,7 @@ import pytest
 from retrain.errors import InvalidEvent
 from retrain.events import (
     JobEnded,
+    MalformedRequest,
     ObjectFinalized,
     RetrainRequested,
     Tick,
@@ -124,3 +125,83 @@ def test_malformed_payloads_raise_invalid_event_naming_the_problem(attributes, d
     with pytest.raises(InvalidEvent, match=None) as caught:
         parse(attributes, data)
     assert message in str(caught.value)
+
+
+STORAGE = {"type": "google.cloud.storage.object.v1.finalized", "id": "s-1"}
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("attributes", "data", "message"),
+    [
+        (STORAGE, {"bucket": "b", "name": "n", "generation": "9" * 5000}, "'generation' is not"),
+        (STORAGE, b'{"bucket": "b", "name": "n", "generation": ' + b"9" * 5000 + b"}", "digits"),
+        (STORAGE, {"bucket": "b", "name": "n", "generation": str(2**64)}, "out of range"),
+        (STORAGE, {"bucket": "b", "name": "n", "generation": "-1"}, "'generation' is not"),
+        (STORAGE, {"bucket": "b", "name": "n", "generation": 1.5}, "'generation' is not"),
+        (STORAGE, {"bucket": "b", "name": "n", "generation": True}, "'generation' is not"),
+        (STORAGE, {"bucket": "b", "name": "n", "generation": "١٢"}, "'generation' is not"),
+        (STORAGE, {"bucket": "b", "name": "a\ud800b", "generation": "1"}, "not valid Unicode"),
+        (STORAGE, {"bucket": "b", "name": "x" * 1025, "generation": "1"}, "longer than"),
+        (STORAGE, {"bucket": ["b"], "name": "n"}, "no 'bucket'"),
+        (STORAGE, DEEP.encode(), "nested deeper"),
+        (STORAGE, DEEP, "nested deeper"),
+        (STORAGE, b"\xff\xfe{}", "not UTF-8"),
+        (STORAGE, None, "not a JSON object"),
+        (STORAGE, [1, 2], "not a JSON object"),
+        ({"type": ["t"], "id": "1"}, {}, "no 'type'"),
+        ({"type": STORAGE["type"], "id": {"a": 1}}, {}, "no 'id'"),
+        (PUBSUB, {"message": {"data": base64.b64encode(DEEP.encode()).decode()}}, "nested"),
+        (PUBSUB, pubsub_body(b"\xff\xfe", "m"), "not UTF-8"),
+        (PUBSUB, {"message": {"data": "YQ"}}, "not valid base64"),  # bad padding
+        (PUBSUB, {"message": {"data": "Y Q=="}}, "not valid base64"),
+        (PUBSUB, {"message": {"data": 12}}, "no 'data'"),
+        (PUBSUB, {"message": {"data": "e30=", "attributes": [1]}}, "'attributes' is not"),
+        (PUBSUB, {"message": "text"}, "no 'message'"),
+        (PUBSUB, pubsub_body({"pipeline": ["churn"]}, "m"), "no 'pipeline'"),
+        (PUBSUB, pubsub_body({"pipeline": 7}, "m"), "no 'pipeline'"),
+        (
+            PUBSUB,
+            pubsub_body({"logName": "l", "resource": {"type": "ml_job", "labels": {"job_id": "../../x"}}}, "m"),
+            "not a Vertex AI job id",
+        ),
+        (PUBSUB, pubsub_body({"incident": {"resource": {"labels": {"job_id": ["1"]}}}}, "m"), "not a Vertex AI job id"),
+        (PUBSUB, pubsub_body({"incident": "open"}, "m"), "'incident' is not an object"),
+    ],
+)  # fmt: skip
+def test_hostile_payloads_raise_only_invalid_event(attributes, data, message):
+    with pytest.raises(InvalidEvent) as caught:
+        parse(attributes, data)
+    assert message in str(caught.value)
+    assert len(str(caught.value)) < 300  # the message quotes hostile values briefly
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "phrase"),
+    [
+        ({"pipeline": "churn", "hyperparameters": 0}, "hyperparameters", "not int (0)"),
+        ({"pipeline": "churn", "hyperparameters": False}, "hyperparameters", "not bool"),
+        ({"pipeline": "churn", "hyperparameters": [1]}, "hyperparameters", "must be an object"),
+        ({"pipeline": "churn", "data_uri": ["gs://b/"]}, "data_uri", "non-empty string"),
+        ({"pipeline": "churn", "epochs": 3}, "epochs", "unknown field(s) 'epochs'"),
+        ({"pipeline": "churn", "reason": "x" * 1001}, "reason", "at most 1000"),
+    ],
+)
+def test_a_request_naming_a_pipeline_with_a_bad_field_is_a_malformed_request(
+    payload, field, phrase
+):
+    event = parse(PUBSUB, pubsub_body(payload, "m-9", {"requester": "ana"}))
+    assert isinstance(event, MalformedRequest)
+    assert (event.event_id, event.pipeline, event.field, event.requester) == (
+        "m-9",
+        "churn",
+        field,
+        "ana",
+    )
+    assert phrase in event.problem
+
+
+def test_odd_unicode_object_names_parse():
+    for name in ("churn/ü ñ 😀.csv", "churn/\u202egpj.csv", "churn/a\nb.csv", "churn//x.csv"):
+        event = parse(STORAGE, {"bucket": "acme-landing", "name": name, "generation": "3"})
+        assert isinstance(event, ObjectFinalized) and event.name == name

@@ -157,3 +157,31 @@ def test_job_spec_follows_the_contract():
     )
     assert (spec.strategy, spec.timeout_seconds) == ("spot", 14400)
     assert spec.service_account == "trainer@acme-ml.iam.gserviceaccount.com"
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("churn/d1/\n--epochs=999/_SUCCESS", "control character"),
+        ("churn/d1/\u202e_SUCCESS", "control character"),
+        ("churn/../other/_SUCCESS", "'..' segment"),
+        ("events/./a.csv", "'..' segment"),
+    ],
+)
+def test_objects_whose_names_would_make_an_unclean_data_uri_are_ignored(name, reason):
+    decision = only(plan_object(obj(name, size=0 if "_SUCCESS" in name else 9), CONFIG))
+    assert isinstance(decision, Ignore) and reason in decision.reason
+    assert "\n" not in decision.reason
+
+
+def test_objects_with_odd_but_legal_names_are_planned():
+    for name in ("events/ü ñ 😀.csv", "events/a b.csv", "events/x//y.csv"):
+        decision = only(plan_object(obj(name), CONFIG))
+        assert isinstance(decision, Submit) and decision.run.data_uri == f"gs://acme-landing/{name}"
+
+
+def test_a_rejected_request_names_the_field():
+    decision = plan_request(RetrainRequested("m", "churn", "gs://acme-landing/a/../b/"), CONFIG)
+    assert isinstance(decision, Reject) and decision.field == "data_uri"
+    unknown = plan_request(RetrainRequested("m", "nope"), CONFIG)
+    assert isinstance(unknown, Reject) and unknown.field == "pipeline"
