@@ -1,7 +1,7 @@
 """The Vertex AI emulator: one service layer behind two fronts — a REST v1 HTTP server
 (here) and plaintext gRPC (grpc_front.py, each call transcoded into the REST request the
 GAPIC REST transport would send) — answering the official `aiplatform_v1` clients for
-custom jobs, models, endpoints, predictions and operations. Jobs and deployed models run
+custom jobs, hyperparameter tuning jobs, models, endpoints, predictions and operations. Jobs and deployed models run
 through pluggable runtimes."""
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from localcloud.vertex.models import ModelService
 from localcloud.vertex.operations import OperationService
 from localcloud.vertex.runtime import JobRuntime, ModelRuntime
 from localcloud.vertex.state import State
+from localcloud.vertex.tuning import TuningService
 from localcloud.vertex.wire import ApiError, invalid, not_found, to_json
 
 LOG = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class VertexServer:
         self._thread: threading.Thread | None = None
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._job_service: JobService | None = None
+        self._tuning_service: TuningService | None = None
         self._grpc: VertexGrpcFront | None = None
         self._grpc_port = grpc_port
         self._tls = tls
@@ -110,11 +112,15 @@ class VertexServer:
         job_service = JobService(state, operations, self._job_runtime, self._logs)
         job_service.recover()
         self._job_service = job_service
+        tuning = TuningService(self._state_dir, operations, self._job_runtime, self._logs)
+        tuning.recover()
+        self._tuning_service = tuning
         models = ModelService(state, operations)
         endpoints = EndpointService(state, operations, models, self._model_runtime)
         endpoints.redeploy_all()
         self._routes = [
             *_job_routes(job_service),
+            *_tuning_routes(tuning),
             *_model_routes(models),
             *_endpoint_routes(endpoints),
             *_operation_routes(operations),
@@ -141,6 +147,8 @@ class VertexServer:
             return  # never started, or already stopped
         if self._job_service is not None:
             self._job_service.stop_accepting_updates()
+        if self._tuning_service is not None:
+            self._tuning_service.stop_accepting_updates()
         if self._grpc is not None:
             self._grpc.stop()
             self._grpc = None
@@ -189,6 +197,26 @@ def _job_routes(jobs: JobService) -> list[tuple[str, re.Pattern[str], Handler]]:
             "DELETE",
             re.compile(one),
             lambda p, q, b: jobs.delete(p["project"], p["location"], p["id"]),
+        ),
+    ]
+
+
+def _tuning_routes(tuning: TuningService) -> list[tuple[str, re.Pattern[str], Handler]]:
+    base = _LOCATION + "/hyperparameterTuningJobs"
+    one = base + r"/(?P<id>[^/:]+)"
+    return [
+        ("POST", re.compile(base), lambda p, q, b: tuning.create(p["project"], p["location"], b)),
+        ("GET", re.compile(base), lambda p, q, b: tuning.list(p["project"], p["location"], q)),
+        ("GET", re.compile(one), lambda p, q, b: tuning.get(p["project"], p["location"], p["id"])),
+        (
+            "POST",
+            re.compile(one + ":cancel"),
+            lambda p, q, b: tuning.cancel(p["project"], p["location"], p["id"]),
+        ),
+        (
+            "DELETE",
+            re.compile(one),
+            lambda p, q, b: tuning.delete(p["project"], p["location"], p["id"]),
         ),
     ]
 
