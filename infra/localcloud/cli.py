@@ -375,7 +375,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     instances = body["instances"] if isinstance(body, dict) and "instances" in body else body
     if not isinstance(instances, list):
         raise LocalCloudError("instances must be a JSON list or {'instances': [...]}")
-    print(json.dumps(predict(env, args.pipeline, instances), indent=2))
+    from google.api_core import exceptions
+
+    try:
+        answer = predict(env, args.pipeline, instances)
+    except (exceptions.GoogleAPICallError, exceptions.RetryError) as err:
+        # An endpoint whose model server is down or restarting answers UNAVAILABLE; say
+        # so on one line, the way the rest of the CLI reports errors.
+        reason = " ".join(str(getattr(err, "message", None) or err).split())
+        unavailable = (exceptions.ServiceUnavailable, exceptions.RetryError)
+        hint = (
+            ": if its model server is restarting, try again in a moment"
+            if isinstance(err, unavailable)
+            else ""
+        )
+        raise LocalCloudError(
+            f"prediction through the endpoint of pipeline {args.pipeline!r} failed: {reason}{hint}"
+        ) from err
+    print(json.dumps(answer, indent=2))
     return 0
 
 

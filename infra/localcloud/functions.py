@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localcloud.errors import LocalCloudError
-from localcloud.procs import free_port, port_is_open, stop_process, wait_until
+from localcloud.procs import ChildRecords, free_port, port_is_open, stop_process, wait_until
 
 # functions/main.py through a symlink inside the package: a checkout serves the file itself,
 # and the wheel build copies it in, so an installed `retrain` serves the same entry points.
@@ -29,6 +29,7 @@ class FunctionServer:
     port: int = 0
     host: str = "127.0.0.1"
     source: Path = FUNCTIONS_SOURCE
+    children: ChildRecords | None = None  # so that a later `up` stops what a crash left
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -74,8 +75,30 @@ class FunctionServer:
             start_new_session=True,  # its own process group: the server and its workers
         )
         log.close()
+        if self.children is not None:
+            self.children.add(self._process, f"function {self.target}")
         wait_until(self._ready, what=f"function {self.target}", process=self._process, timeout=60)
         return self
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise LocalCloudError("not started")
+        return self._process.pid
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def restart(self) -> None:
+        """Start it again on the same port after it died (its URL is wired into the
+        Eventarc triggers): whatever is left of the old process group goes first."""
+        self._end_group(signal.SIGKILL)
+        wait_until(
+            lambda: not port_is_open(self.host, self.port),
+            what=f"the release of port {self.port} by function {self.target}",
+            timeout=30,
+        )
+        self.start()
 
     def _ready(self) -> bool:
         # Any HTTP answer means the server is up (a GET is not a CloudEvent: 4xx/405).
@@ -89,18 +112,22 @@ class FunctionServer:
 
     def kill(self) -> None:
         """Crash the function process (SIGKILL): no cleanup, like a lost instance."""
-        if self._process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.wait()
-            self._process = None
+        self._end_group(signal.SIGKILL)
 
     def stop(self) -> None:
         if self._process is not None:
             stop_process(self._process)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGKILL)  # any worker left behind
-            self._process = None
+        self._end_group(signal.SIGKILL)  # any worker left behind
+
+    def _end_group(self, sig: signal.Signals) -> None:
+        if self._process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._process.pid, sig)
+        self._process.wait()
+        if self.children is not None:
+            self.children.remove(self._process)
+        self._process = None
 
     def __enter__(self) -> FunctionServer:
         return self.start()

