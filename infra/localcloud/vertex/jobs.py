@@ -28,6 +28,7 @@ IN_FLIGHT = frozenset(
     {S.JOB_STATE_PENDING, S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_CANCELLING}
 )
 STOPPED_MESSAGE = "localcloud was stopped while the job was running; submit it again"
+RERUN_MESSAGE = "localcloud restarted while the job was in flight: running it again from the start"
 RPC_CANCELLED = 1
 RPC_INTERNAL = 13
 RPC_ABORTED = 10
@@ -126,16 +127,20 @@ class JobService:
             self._state.save()
             snapshot = _copy(job)
         self._log_transition(project, job_id, S.JOB_STATE_PENDING, None)
-        if self._runtime is not None:
-            try:
-                self._runtime.submit(
-                    job_id,
-                    aiplatform_v1.CustomJob.deserialize(snapshot.SerializeToString()),
-                    self._updater(project, job_id),
-                )
-            except LocalCloudError as err:  # the runtime itself is unusable (e.g. closed)
-                self._apply(project, job_id, JobUpdate(S(S.JOB_STATE_FAILED), str(err)))
+        self._submit(project, job_id, snapshot)
         return self.get(project, location, job_id)
+
+    def _submit(self, project: str, job_id: str, snapshot: Any) -> None:
+        if self._runtime is None:
+            return
+        try:
+            self._runtime.submit(
+                job_id,
+                aiplatform_v1.CustomJob.deserialize(snapshot.SerializeToString()),
+                self._updater(project, job_id),
+            )
+        except LocalCloudError as err:  # the runtime itself is unusable (e.g. closed)
+            self._apply(project, job_id, JobUpdate(S(S.JOB_STATE_FAILED), str(err)))
 
     def get(self, project: str, location: str, job_id: str) -> Any:
         with self._state.lock:
@@ -186,17 +191,37 @@ class JobService:
     # -- runtime side ----------------------------------------------------------------
 
     def recover(self) -> None:
-        """After a restart no runtime drives the jobs that were in flight: fail them."""
-        failed: list[tuple[str, str]] = []
+        """After a restart (`down`/`up`, or localcloud killed) no runtime drives the jobs
+        that were in flight. Each is run again from the start under the same name, as
+        Vertex restarts a job whose VM was lost: the job still ends exactly once. A job
+        being cancelled ends CANCELLED; without a runtime the jobs fail."""
+        ended: list[tuple[str, str, int, str | None]] = []
+        rerun: list[tuple[str, str, Any]] = []
         with self._state.lock:
             for job_id, job in self._state.jobs.items():
-                if job.state in IN_FLIGHT:
+                if job.state not in IN_FLIGHT:
+                    continue
+                project = _project_of(job.name)
+                if job.state == S.JOB_STATE_CANCELLING:
+                    self._set_state(job, S.JOB_STATE_CANCELLED, None)
+                    ended.append((project, job_id, S.JOB_STATE_CANCELLED, None))
+                elif self._runtime is None:
                     self._set_state(job, S.JOB_STATE_FAILED, STOPPED_MESSAGE, code=RPC_ABORTED)
-                    failed.append((_project_of(job.name), job_id))
-            if failed:
+                    ended.append((project, job_id, S.JOB_STATE_FAILED, STOPPED_MESSAGE))
+                else:
+                    self._set_state(job, S.JOB_STATE_PENDING, None)
+                    rerun.append((project, job_id, _copy(job)))
+            if ended or rerun:
                 self._state.save()
-        for project, job_id in failed:
-            self._log_transition(project, job_id, S.JOB_STATE_FAILED, STOPPED_MESSAGE)
+        for project, job_id, state, message in ended:
+            self._log_transition(project, job_id, state, message)
+        for project, job_id, snapshot in rerun:
+            if self._logs is not None:
+                self._logs.append(
+                    _service_line(project, job_id, RERUN_MESSAGE, "WARNING", "PENDING")
+                )
+            self._log_transition(project, job_id, S.JOB_STATE_PENDING, None)
+            self._submit(project, job_id, snapshot)
 
     def stop_accepting_updates(self) -> None:
         # Once the server stops, the runtime's reports (processes killed on close) are
