@@ -27,6 +27,7 @@ from localcloud.router import LogRouter, pubsub_publisher
 from localcloud.scheduler import Scheduler
 from localcloud.storage import StorageServer
 from localcloud.supervisor import Supervisor
+from localcloud.tls import certificate, trusted_roots
 from localcloud.vertex.images import ImageCommands
 from localcloud.vertex.runtime_local import LocalJobRuntime, LocalModelRuntime
 from localcloud.vertex.server import VertexServer
@@ -206,7 +207,11 @@ class Stack:
         # Vertex front over TLS, and gRPC's own switch to trust localcloud's certificate.
         # The functions do not get these; they speak plaintext gRPC as configured above.
         self.env["VERTEX_TLS_ENDPOINT"] = str(self.vertex.grpc_tls_host)
-        self.env["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(self.vertex.tls_certificate)
+        roots = trusted_roots(
+            certificate(self.vertex.tls_certificate.parent),
+            os.environ.get("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"),
+        )
+        self.env["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(roots)
 
         self._progress("wiring Eventarc triggers")
         bridge = EventarcBridge().start()

@@ -3,8 +3,9 @@
 Google's high-level clients (the Vertex AI SDK among them) open gRPC channels with TLS and
 offer no switch for a plaintext emulator. localcloud therefore also serves its gRPC APIs
 over TLS with a certificate for `localhost` and `127.0.0.1`; a client trusts it through
-gRPC's own setting, `GRPC_DEFAULT_SSL_ROOTS_FILE_PATH=<dir>/cert.pem`. Nothing else in the
-client's code changes: endpoint and credentials only."""
+gRPC's own setting, `GRPC_DEFAULT_SSL_ROOTS_FILE_PATH=<dir>/roots.pem` (that certificate
+plus the public roots). Nothing else in the client's code changes: endpoint and
+credentials only."""
 
 from __future__ import annotations
 
@@ -82,3 +83,25 @@ def certificate(directory: Path) -> Certificate:
     key_tmp.replace(found.key_path)
     cert_tmp.replace(found.cert_path)
     return found
+
+
+ROOTS_FILE = "roots.pem"
+
+
+def trusted_roots(found: Certificate, inherited: str | None) -> Path:
+    """A roots file for GRPC_DEFAULT_SSL_ROOTS_FILE_PATH: localcloud's certificate followed
+    by the roots gRPC trusted before (`inherited`, that variable's previous value) or, when
+    none, the public roots certifi ships — so a shell that trusts localcloud still reaches
+    Google Cloud over TLS."""
+    path = found.cert_path.parent / ROOTS_FILE
+    # A shell that sourced this localcloud's env already points at `path`: start afresh.
+    if inherited and Path(inherited).is_file() and Path(inherited).resolve() != path.resolve():
+        public = Path(inherited).read_bytes()
+    else:
+        import certifi
+
+        public = Path(certifi.where()).read_bytes()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(found.cert + b"\n" + public)
+    tmp.replace(path)
+    return path

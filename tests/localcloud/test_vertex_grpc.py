@@ -18,6 +18,7 @@ import pytest
 from google.api_core import exceptions
 from google.cloud import aiplatform_v1
 
+from localcloud.tls import certificate, trusted_roots
 from localcloud.vertex.server import VertexServer
 from retrain.adapters.clients import VertexConnection
 
@@ -178,7 +179,8 @@ def test_the_sdk_over_grpc_with_tls_needs_only_endpoint_and_credentials(server: 
     certificate through gRPC's own GRPC_DEFAULT_SSL_ROOTS_FILE_PATH (a fresh process,
     since gRPC reads it once)."""
     script = SDK_SCRIPT.format(endpoint=server.grpc_tls_host)
-    env = {**os.environ, "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(server.tls_certificate)}
+    roots = trusted_roots(certificate(server.tls_certificate.parent), None)
+    env = {**os.environ, "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(roots)}
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
         env=env,

@@ -24,6 +24,7 @@ from localcloud.storage import StorageServer
 from localcloud.vertex.images import ImageCommands
 from localcloud.vertex.runtime_local import LocalJobRuntime, LocalModelRuntime
 from localcloud.vertex.server import VertexServer
+from tests.conftest import TLS_DIR
 
 PROJECT = "sdk-project"
 LOCATION = "us-central1"
@@ -116,11 +117,13 @@ def vertex(tmp_path: Path, gcs: StorageServer, commands: ImageCommands) -> Itera
         gpus=[],
     )
     models = LocalModelRuntime(logs, commands, {}, startup_timeout=WAIT_S, project=PROJECT)
-    with VertexServer(tmp_path / "vertex", jobs=jobs, models=models, logs=logs).start() as server:
+    with VertexServer(
+        tmp_path / "vertex", jobs=jobs, models=models, logs=logs, tls=True, tls_dir=TLS_DIR
+    ).start() as server:
         yield server
 
 
-@pytest.fixture(params=["rest"])
+@pytest.fixture(params=["rest", "grpc"])
 def transport(request: pytest.FixtureRequest) -> str:
     """The SDK's `api_transport`; each value runs every test."""
     return str(request.param)
@@ -129,6 +132,10 @@ def transport(request: pytest.FixtureRequest) -> str:
 def api_endpoint(server: VertexServer, transport: str) -> str:
     if transport == "rest":
         return server.url  # an http:// endpoint: plain HTTP
+    if transport == "grpc":
+        # The SDK opens TLS channels only: the TLS front, whose certificate this test
+        # process trusts through GRPC_DEFAULT_SSL_ROOTS_FILE_PATH (tests/conftest.py).
+        return str(server.grpc_tls_host)
     raise ValueError(f"no emulator front for transport {transport!r}")
 
 

@@ -65,6 +65,7 @@ class VertexServer:
         logs: LogStore | None = None,
         grpc_port: int = 0,
         tls: bool = False,
+        tls_dir: Path | None = None,
     ) -> None:
         self._state_dir = Path(state_dir)
         self._host = host
@@ -80,6 +81,7 @@ class VertexServer:
         self._grpc: VertexGrpcFront | None = None
         self._grpc_port = grpc_port
         self._tls = tls
+        self._tls_dir = Path(tls_dir) if tls_dir else self._state_dir / "tls"
 
     @property
     def grpc_host(self) -> str:
@@ -98,7 +100,8 @@ class VertexServer:
 
     @property
     def tls_certificate(self) -> Path:
-        return self._state_dir / "tls" / CERT_FILE
+        """The certificate of the TLS front (self-signed; trust it as a root)."""
+        return self._tls_dir / CERT_FILE
 
     @property
     def url(self) -> str:
@@ -133,7 +136,7 @@ class VertexServer:
             self.dispatch,
             host=self._host,
             port=self._grpc_port,
-            certificate=certificate(self._state_dir / "tls") if self._tls else None,
+            certificate=certificate(self._tls_dir) if self._tls else None,
         ).start()
         return self
 
