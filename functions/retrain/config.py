@@ -59,8 +59,18 @@ class Machine:
 
 
 @dataclass(frozen=True)
+class PythonPackage:
+    """Training code as Python packages on one of Google's prebuilt containers: Vertex's
+    `python_package_spec` (`python -m <python_module> <args>` in `executor_image_uri`)."""
+
+    executor_image_uri: str
+    package_uris: tuple[str, ...]
+    python_module: str
+
+
+@dataclass(frozen=True)
 class Training:
-    image_uri: str
+    image_uri: str  # "" when the code comes as a Python package (`package`)
     machine: Machine
     args: tuple[str, ...] = ()
     replica_count: int = 1
@@ -69,6 +79,7 @@ class Training:
     service_account: str | None = None
     fallback: tuple[Machine, ...] = ()
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    package: PythonPackage | None = None  # instead of image_uri
 
 
 @dataclass(frozen=True)
@@ -243,8 +254,10 @@ def _training(t: _Table, guards: Guards) -> Training:
     fallback = tuple(
         _machine(t.item("fallback", index), guards) for index in range(t.list_len("fallback"))
     )
+    image_uri, package = _training_code(t)
     training = Training(
-        image_uri=t.text("image_uri", required=True),
+        image_uri=image_uri,
+        package=package,
         machine=machine,
         args=t.str_list("args", ()),
         replica_count=replica_count,
@@ -256,6 +269,46 @@ def _training(t: _Table, guards: Guards) -> Training:
     )
     t.done()
     return training
+
+
+_PACKAGE_KEYS = ("executor_image_uri", "package_uris", "python_module")
+# A dotted module name, as `python -m` takes it.
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _training_code(t: _Table) -> tuple[str, PythonPackage | None]:
+    """Exactly one of the two forms Vertex takes: a container image (`image_uri`), or
+    Python packages on a prebuilt container (`executor_image_uri` + `package_uris` +
+    `python_module`)."""
+    given = [key for key in _PACKAGE_KEYS if t.has(key)]
+    if t.has("image_uri"):
+        if given:
+            t.fail(
+                given[0],
+                "cannot be combined with image_uri: use either image_uri or "
+                "executor_image_uri + package_uris + python_module",
+            )
+        return t.text("image_uri", required=True), None
+    if not given:
+        t.fail(
+            "image_uri",
+            "is required (or, for a Python package on a prebuilt container, "
+            "executor_image_uri + package_uris + python_module)",
+        )
+    executor = t.text("executor_image_uri", required=True)
+    uris = t.str_list("package_uris", ())
+    if not uris:
+        t.fail("package_uris", "must list at least one gs:// URI of a Python package")
+    for uri in uris:
+        bucket, _, path = uri.removeprefix("gs://").partition("/")
+        if not uri.startswith("gs://") or not bucket or not path or path.endswith("/"):
+            t.fail("package_uris", f"must hold gs://bucket/object URIs, not {uri!r}")
+        if any(c.isspace() or not c.isprintable() for c in uri):
+            t.fail("package_uris", f"{uri!r} holds whitespace or control characters")
+    module = t.text("python_module", required=True)
+    if not _MODULE.fullmatch(module):
+        t.fail("python_module", f"must be a dotted Python module name, not {module!r}")
+    return "", PythonPackage(executor, uris, module)
 
 
 def _machine(t: _Table, guards: Guards) -> Machine:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrain.config import Machine, Pipeline, Tuning
+from retrain.config import Machine, Pipeline, PythonPackage, Tuning
 from retrain.planner import RunPlan
 
 PIPELINE_LABEL = "retrain-pipeline"
@@ -22,8 +22,10 @@ RUN_LABEL = "retrain-run"
 class WorkerPool:
     machine: Machine
     replica_count: int
-    image_uri: str
+    image_uri: str  # "" when `package` is set
     args: tuple[str, ...]
+    # Set: Vertex's python_package_spec (the args go to the module) instead of a container.
+    package: PythonPackage | None = None
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,14 @@ def build_job(
     training = pipeline.training
     machine = machine or training.machine
     args = container_args(pipeline, run)
-    pools = [WorkerPool(machine, 1, training.image_uri, args)]
+    pools = [WorkerPool(machine, 1, training.image_uri, args, training.package)]
     if training.replica_count > 1:
         # Vertex's multi-node layout: pool 0 is the chief, pool 1 the other replicas.
-        pools.append(WorkerPool(machine, training.replica_count - 1, training.image_uri, args))
+        pools.append(
+            WorkerPool(
+                machine, training.replica_count - 1, training.image_uri, args, training.package
+            )
+        )
     return JobSpec(
         display_name=f"retrain-{pipeline.name}-{run.run_id}",
         labels={

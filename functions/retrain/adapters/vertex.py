@@ -182,6 +182,18 @@ def _pool(pool: WorkerPool) -> Any:
                 f"(Vertex AI knows {', '.join(v1.AcceleratorType.__members__)})"
             ) from err
         machine.accelerator_count = pool.machine.accelerator_count
+    if pool.package is not None:
+        # Python packages on a prebuilt container: the args go to the module.
+        return v1.WorkerPoolSpec(
+            machine_spec=machine,
+            replica_count=pool.replica_count,
+            python_package_spec=v1.PythonPackageSpec(
+                executor_image_uri=pool.package.executor_image_uri,
+                package_uris=list(pool.package.package_uris),
+                python_module=pool.package.python_module,
+                args=list(pool.args),
+            ),
+        )
     return v1.WorkerPoolSpec(
         machine_spec=machine,
         replica_count=pool.replica_count,
