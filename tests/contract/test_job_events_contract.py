@@ -74,7 +74,8 @@ def test_a_failed_job_is_announced_with_its_error_and_log_tail(job_cloud: JobClo
     assert cloud.deliver_until_acked(*cloud.sink_entry(job, "sink-1")) == 200
     (text,) = cloud.webhook.texts()
     assert "training failed" in text
-    assert "error: error: data has no column 'churned'" in text  # the job's error message
+    assert "error: data has no column 'churned'" in text  # the job's error message
+    assert "error: error:" not in text  # shown once
     assert "workerpool0-0: reading gs://data/churn.csv" in text  # the replica's log tail
     assert f"gs://{cloud.landing}/churn/day-" in text  # the triggering data
     assert "console.cloud.google.com" in text

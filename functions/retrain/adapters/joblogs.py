@@ -85,7 +85,10 @@ class _GrpcEntry:
 
     def __init__(self, raw: Any):
         self.resource = raw.resource
-        self.severity = raw.severity.name if raw.severity else "DEFAULT"
+        # LogSeverity is a plain protobuf enum: proto-plus hands it over as an int.
+        from google.logging.type import log_severity_pb2
+
+        self.severity = log_severity_pb2.LogSeverity.Name(int(raw.severity))
         if raw.text_payload:
             self.payload: Any = raw.text_payload
         elif raw.json_payload:
