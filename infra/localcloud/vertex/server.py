@@ -1,8 +1,9 @@
 """The Vertex AI emulator: one service layer behind two fronts — a REST v1 HTTP server
 (here) and plaintext gRPC (grpc_front.py, each call transcoded into the REST request the
 GAPIC REST transport would send) — answering the official `aiplatform_v1` clients for
-custom jobs, hyperparameter tuning jobs, models, endpoints, predictions and operations. Jobs and deployed models run
-through pluggable runtimes."""
+custom jobs, hyperparameter tuning jobs, training pipelines, batch predictions, models,
+endpoints, predictions and operations. Jobs and deployed models run through pluggable
+runtimes."""
 
 from __future__ import annotations
 
@@ -10,44 +11,62 @@ import argparse
 import base64
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from google.api import httpbody_pb2
 from google.protobuf.message import Message
+from werkzeug.routing import BaseConverter, Rule
+from werkzeug.wrappers import Request, Response
 
+from localcloud.httpserver import HttpServer, Routes, json_app, json_response, route
 from localcloud.logstore import LogStore
 from localcloud.tls import CERT_FILE, certificate
+from localcloud.vertex.batch import BatchService
 from localcloud.vertex.endpoints import EndpointService
 from localcloud.vertex.grpc_front import VertexGrpcFront
 from localcloud.vertex.jobs import JobService
 from localcloud.vertex.models import ModelService
 from localcloud.vertex.operations import OperationService
+from localcloud.vertex.pipelines import PipelineService
 from localcloud.vertex.runtime import JobRuntime, ModelRuntime
 from localcloud.vertex.state import State
 from localcloud.vertex.tuning import TuningService
-from localcloud.vertex.wire import ApiError, invalid, not_found, to_json
+from localcloud.vertex.wire import invalid, not_found, to_json
 
 LOG = logging.getLogger(__name__)
 
 Query = dict[str, str]
-# A route handler gets the path's named groups, the query and the JSON body; it returns
-# the response message (None for google.protobuf.Empty).
+# A route handler gets the path's named values, the query and the JSON body; it returns
+# the response message (None for google.protobuf.Empty). Routes are werkzeug rules whose
+# endpoint is the handler; `<segment:x>` is one path segment without a `:verb` suffix.
 Handler = Callable[[dict[str, str], Query, Any], Message | None]
 
-_LOCATION = r"/v1/projects/(?P<project>[^/:]+)/locations/(?P<location>[^/:]+)"
-_MODEL = r"/v1/(?P<name>projects/[^/:]+/locations/[^/:]+/models/[^/:@]+(?:@[^/:@]+)?)"
-_OPERATION = re.compile(r"/(?:v1|ui)/(?P<name>projects/[^:]+/operations/[^/:]+)")
+_LOCATION = "/v1/projects/<segment:project>/locations/<segment:location>"
+_MODEL = "/v1/<model:name>"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 # Takes and answers a google.api.HttpBody: over HTTP the body itself, not JSON around it.
 _RAW_PREDICT = ":rawPredict"
+
+
+class _ModelName(BaseConverter):
+    """A model's resource name, with an optional `@version` or `@alias` (`models/7@2`)."""
+
+    regex = r"projects/[^/:]+/locations/[^/:]+/models/[^/:@]+(?:@[^/:@]+)?"
+    part_isolating = False
+
+
+class _OperationName(BaseConverter):
+    """An operation's resource name, under a location or under the resource it acts on."""
+
+    regex = r"projects/[^:]+/operations/[^/:]+"
+    part_isolating = False
+
+
+_CONVERTERS: dict[str, type[BaseConverter]] = {"model": _ModelName, "operation": _OperationName}
 
 
 class VertexServer:
@@ -73,11 +92,12 @@ class VertexServer:
         self._job_runtime = jobs
         self._model_runtime = models
         self._logs = logs
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._httpd: HttpServer | None = None
+        self._routes = Routes()
         self._job_service: JobService | None = None
         self._tuning_service: TuningService | None = None
+        self._pipeline_service: PipelineService | None = None
+        self._batch_service: BatchService | None = None
         self._grpc: VertexGrpcFront | None = None
         self._grpc_port = grpc_port
         self._tls = tls
@@ -107,7 +127,7 @@ class VertexServer:
     def url(self) -> str:
         if self._httpd is None:
             raise RuntimeError("VertexServer is not started: call start() first")
-        return f"http://{self._host}:{self._httpd.server_address[1]}"
+        return self._httpd.url
 
     def start(self) -> VertexServer:
         state = State.load(self._state_dir)
@@ -121,17 +141,33 @@ class VertexServer:
         models = ModelService(state, operations)
         endpoints = EndpointService(state, operations, models, self._model_runtime)
         endpoints.redeploy_all()
-        self._routes = [
-            *_job_routes(job_service),
-            *_tuning_routes(tuning),
-            *_model_routes(models),
-            *_endpoint_routes(endpoints),
-            *_operation_routes(operations),
-        ]
-        self._httpd = ThreadingHTTPServer((self._host, self._port), _handler_class(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._serve, name="vertex-emulator", daemon=True)
-        self._thread.start()
+        pipelines = PipelineService(self._state_dir, operations, job_service, models)
+        pipelines.recover()
+        self._pipeline_service = pipelines
+        batch = BatchService(
+            self._state_dir, operations, models, self._job_runtime, self._model_runtime
+        )
+        batch.recover()
+        self._batch_service = batch
+        self._routes = Routes(
+            [
+                *_job_routes(job_service),
+                *_tuning_routes(tuning),
+                *_resource_routes("trainingPipelines", pipelines),
+                *_resource_routes("batchPredictionJobs", batch),
+                *_model_routes(models),
+                *_endpoint_routes(endpoints),
+                *_operation_routes(operations),
+            ],
+            _CONVERTERS,
+        )
+        self._httpd = HttpServer(
+            json_app("Vertex emulator", self._serve_http),
+            name="Vertex emulator",
+            host=self._host,
+            port=self._port,
+            max_body_bytes=MAX_BODY_BYTES,
+        ).start()
         self._grpc = VertexGrpcFront(
             self.dispatch,
             host=self._host,
@@ -140,11 +176,6 @@ class VertexServer:
         ).start()
         return self
 
-    def _serve(self) -> None:
-        assert self._httpd is not None
-        # A short poll interval keeps stop() quick; idle cost is negligible.
-        self._httpd.serve_forever(poll_interval=0.05)
-
     def stop(self) -> None:
         if self._httpd is None:
             return  # never started, or already stopped
@@ -152,18 +183,18 @@ class VertexServer:
             self._job_service.stop_accepting_updates()
         if self._tuning_service is not None:
             self._tuning_service.stop_accepting_updates()
+        if self._pipeline_service is not None:
+            self._pipeline_service.stop()
+        if self._batch_service is not None:
+            self._batch_service.stop_accepting_updates()
         if self._grpc is not None:
             self._grpc.stop()
             self._grpc = None
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join()
+        self._httpd.stop()
         for runtime in (self._job_runtime, self._model_runtime):
             if runtime is not None:
                 runtime.close()
         self._httpd = None
-        self._thread = None
 
     def __enter__(self) -> VertexServer:
         return self if self._httpd is not None else self.start()
@@ -177,187 +208,137 @@ class VertexServer:
         self.stop()
 
     def dispatch(self, method: str, path: str, query: Query, body: Any) -> Message | None:
-        for route_method, pattern, handler in self._routes:
-            match = pattern.fullmatch(path)
-            if match is not None and route_method == method:
-                return handler(match.groupdict(), query, body)
-        raise not_found(f"No such Vertex AI REST v1 method: {method} {path}")
+        """The one entry point of both fronts: `path` as the REST transport sends it
+        (`/v1/projects/.../customJobs/123:cancel`), its query, and the JSON body."""
+        found = self._routes.match(method, path)
+        if found is None:
+            raise not_found(f"No such Vertex AI REST v1 method: {method} {path}")
+        handler, params = found
+        return handler(params, query, body)
+
+    def _serve_http(self, request: Request) -> Response:
+        path = request.path
+        raw = request.get_data()
+        body = _http_body(raw, request.content_type) if path.endswith(_RAW_PREDICT) else _json(raw)
+        result = self.dispatch(request.method, path, request.args.to_dict(), body)
+        if isinstance(result, httpbody_pb2.HttpBody):
+            # rawPredict answers with the container's bytes and content type, not JSON.
+            return Response(result.data, content_type=result.content_type)
+        # `$alt=json;enum-encoding=int` asks for enums as numbers (what GAPIC sends).
+        ints = "enum-encoding=int" in request.args.get("$alt", "")
+        return json_response({} if result is None else to_json(result, ints))
 
 
-def _job_routes(jobs: JobService) -> list[tuple[str, re.Pattern[str], Handler]]:
+def _job_routes(jobs: JobService) -> list[Rule]:
     base = _LOCATION + "/customJobs"
-    one = base + r"/(?P<id>[^/:]+)"
+    one = base + "/<segment:id>"
     return [
-        ("POST", re.compile(base), lambda p, q, b: jobs.create(p["project"], p["location"], b)),
-        ("GET", re.compile(base), lambda p, q, b: jobs.list(p["project"], p["location"], q)),
-        ("GET", re.compile(one), lambda p, q, b: jobs.get(p["project"], p["location"], p["id"])),
-        (
+        route("POST", base, lambda p, q, b: jobs.create(p["project"], p["location"], b)),
+        route("GET", base, lambda p, q, b: jobs.list(p["project"], p["location"], q)),
+        route("GET", one, lambda p, q, b: jobs.get(p["project"], p["location"], p["id"])),
+        route(
             "POST",
-            re.compile(one + ":cancel"),
+            one + ":cancel",
             lambda p, q, b: jobs.cancel(p["project"], p["location"], p["id"]),
         ),
-        (
-            "DELETE",
-            re.compile(one),
-            lambda p, q, b: jobs.delete(p["project"], p["location"], p["id"]),
-        ),
+        route("DELETE", one, lambda p, q, b: jobs.delete(p["project"], p["location"], p["id"])),
     ]
 
 
-def _tuning_routes(tuning: TuningService) -> list[tuple[str, re.Pattern[str], Handler]]:
+def _tuning_routes(tuning: TuningService) -> list[Rule]:
     base = _LOCATION + "/hyperparameterTuningJobs"
-    one = base + r"/(?P<id>[^/:]+)"
+    one = base + "/<segment:id>"
     return [
-        ("POST", re.compile(base), lambda p, q, b: tuning.create(p["project"], p["location"], b)),
-        ("GET", re.compile(base), lambda p, q, b: tuning.list(p["project"], p["location"], q)),
-        ("GET", re.compile(one), lambda p, q, b: tuning.get(p["project"], p["location"], p["id"])),
-        (
+        route("POST", base, lambda p, q, b: tuning.create(p["project"], p["location"], b)),
+        route("GET", base, lambda p, q, b: tuning.list(p["project"], p["location"], q)),
+        route("GET", one, lambda p, q, b: tuning.get(p["project"], p["location"], p["id"])),
+        route(
             "POST",
-            re.compile(one + ":cancel"),
+            one + ":cancel",
             lambda p, q, b: tuning.cancel(p["project"], p["location"], p["id"]),
         ),
-        (
-            "DELETE",
-            re.compile(one),
-            lambda p, q, b: tuning.delete(p["project"], p["location"], p["id"]),
-        ),
+        route("DELETE", one, lambda p, q, b: tuning.delete(p["project"], p["location"], p["id"])),
     ]
 
 
-def _model_routes(models: ModelService) -> list[tuple[str, re.Pattern[str], Handler]]:
+def _resource_routes(collection: str, service: PipelineService | BatchService) -> list[Rule]:
+    """create/list/get/cancel/delete of a collection under a location."""
+    base = f"{_LOCATION}/{collection}"
+    one = base + "/<segment:id>"
+    return [
+        route("POST", base, lambda p, q, b: service.create(p["project"], p["location"], b)),
+        route("GET", base, lambda p, q, b: service.list(p["project"], p["location"], q)),
+        route("GET", one, lambda p, q, b: service.get(p["project"], p["location"], p["id"])),
+        route(
+            "POST",
+            one + ":cancel",
+            lambda p, q, b: service.cancel(p["project"], p["location"], p["id"]),
+        ),
+        route("DELETE", one, lambda p, q, b: service.delete(p["project"], p["location"], p["id"])),
+    ]
+
+
+def _model_routes(models: ModelService) -> list[Rule]:
     base = _LOCATION + "/models"
     return [
-        (
+        route(
             "POST",
-            re.compile(base + ":upload"),
+            base + ":upload",
             lambda p, q, b: models.upload(p["project"], p["location"], b),
         ),
-        ("GET", re.compile(base), lambda p, q, b: models.list(p["project"], p["location"], q)),
-        ("GET", re.compile(_MODEL), lambda p, q, b: models.get(p["name"])),
-        ("PATCH", re.compile(_MODEL), lambda p, q, b: models.update(p["name"], q, b)),
-        (
-            "GET",
-            re.compile(_MODEL + ":listVersions"),
-            lambda p, q, b: models.list_versions(p["name"], q),
-        ),
-        ("DELETE", re.compile(_MODEL), lambda p, q, b: models.delete(p["name"])),
-        (
+        route("GET", base, lambda p, q, b: models.list(p["project"], p["location"], q)),
+        route("GET", _MODEL, lambda p, q, b: models.get(p["name"])),
+        route("PATCH", _MODEL, lambda p, q, b: models.update(p["name"], q, b)),
+        route("GET", _MODEL + ":listVersions", lambda p, q, b: models.list_versions(p["name"], q)),
+        route("DELETE", _MODEL, lambda p, q, b: models.delete(p["name"])),
+        route(
             "DELETE",
-            re.compile(_MODEL + ":deleteVersion"),
+            _MODEL + ":deleteVersion",
             lambda p, q, b: models.delete_version(p["name"]),
         ),
-        (
+        route(
             "POST",
-            re.compile(_MODEL + ":mergeVersionAliases"),
+            _MODEL + ":mergeVersionAliases",
             lambda p, q, b: models.merge_version_aliases(p["name"], b),
         ),
     ]
 
 
-def _endpoint_routes(endpoints: EndpointService) -> list[tuple[str, re.Pattern[str], Handler]]:
+def _endpoint_routes(endpoints: EndpointService) -> list[Rule]:
     base = _LOCATION + "/endpoints"
-    one = base + r"/(?P<id>[^/:]+)"
+    one = base + "/<segment:id>"
 
     def on_one(method: Callable[[str, str, str, Any], Message | None]) -> Handler:
         return lambda p, q, b: method(p["project"], p["location"], p["id"], b)
 
     return [
-        (
-            "POST",
-            re.compile(base),
-            lambda p, q, b: endpoints.create(p["project"], p["location"], q, b),
-        ),
-        ("GET", re.compile(base), lambda p, q, b: endpoints.list(p["project"], p["location"], q)),
-        (
-            "GET",
-            re.compile(one),
-            lambda p, q, b: endpoints.get(p["project"], p["location"], p["id"]),
-        ),
-        (
+        route("POST", base, lambda p, q, b: endpoints.create(p["project"], p["location"], q, b)),
+        route("GET", base, lambda p, q, b: endpoints.list(p["project"], p["location"], q)),
+        route("GET", one, lambda p, q, b: endpoints.get(p["project"], p["location"], p["id"])),
+        route(
             "PATCH",
-            re.compile(one),
+            one,
             lambda p, q, b: endpoints.update(p["project"], p["location"], p["id"], q, b),
         ),
-        (
+        route(
             "DELETE",
-            re.compile(one),
+            one,
             lambda p, q, b: endpoints.delete(p["project"], p["location"], p["id"]),
         ),
-        ("POST", re.compile(one + ":deployModel"), on_one(endpoints.deploy_model)),
-        ("POST", re.compile(one + ":undeployModel"), on_one(endpoints.undeploy_model)),
-        ("POST", re.compile(one + ":predict"), on_one(endpoints.predict)),
-        ("POST", re.compile(one + _RAW_PREDICT), on_one(endpoints.raw_predict)),
+        route("POST", one + ":deployModel", on_one(endpoints.deploy_model)),
+        route("POST", one + ":undeployModel", on_one(endpoints.undeploy_model)),
+        route("POST", one + ":predict", on_one(endpoints.predict)),
+        route("POST", one + _RAW_PREDICT, on_one(endpoints.raw_predict)),
     ]
 
 
-def _operation_routes(operations: OperationService) -> list[tuple[str, re.Pattern[str], Handler]]:
+def _operation_routes(operations: OperationService) -> list[Rule]:
     # Clients poll /ui/{name} (the first HTTP rule of GetOperation); /v1/{name} is the
     # documented one. Answer both.
-    return [("GET", _OPERATION, lambda p, q, b: operations.get(p["name"]))]
+    def get(params: dict[str, str], query: Query, body: Any) -> Message | None:
+        return operations.get(params["name"])
 
-
-def _handler_class(server: VertexServer) -> type[BaseHTTPRequestHandler]:
-    class VertexRequestHandler(BaseHTTPRequestHandler):
-        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's
-        # algorithm and the client's delayed ACK add ~40 ms to every response.
-        disable_nagle_algorithm = True
-
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-        def do_PATCH(self) -> None:
-            self._serve("PATCH")
-
-        def do_DELETE(self) -> None:
-            self._serve("DELETE")
-
-        def log_message(self, format: str, *args: Any) -> None:
-            LOG.debug("%s " + format, self.address_string(), *args)
-
-        def _serve(self, method: str) -> None:
-            parts = urlsplit(self.path)
-            query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-            # `$alt=json;enum-encoding=int` asks for enums as numbers (what GAPIC sends).
-            ints = "enum-encoding=int" in query.get("$alt", "")
-            path = unquote(parts.path)
-            try:
-                raw = self._read_raw()
-                body = _http_body(raw, self.headers) if path.endswith(_RAW_PREDICT) else _json(raw)
-                result = server.dispatch(method, path, query, body)
-                if isinstance(result, httpbody_pb2.HttpBody):
-                    self._send(HTTPStatus.OK, result.content_type, result.data)
-                    return
-                payload = {} if result is None else to_json(result, ints)
-                self._reply(HTTPStatus.OK, payload)
-            except ApiError as err:
-                self._reply(err.http_status, err.body())
-            except Exception as err:  # a bug must still answer, or the client hangs
-                LOG.exception("Vertex emulator failed on %s %s", method, self.path)
-                error = ApiError("INTERNAL", f"internal error in the Vertex emulator: {err!r}")
-                self._reply(error.http_status, error.body())
-
-        def _read_raw(self) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY_BYTES:
-                raise invalid(f"request body of {length} bytes exceeds {MAX_BODY_BYTES}")
-            return self.rfile.read(length) if length else b""
-
-        def _reply(self, status: int, payload: dict[str, Any]) -> None:
-            self._send(status, "application/json; charset=UTF-8", json.dumps(payload).encode())
-
-        def _send(self, status: int, content_type: str, data: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    return VertexRequestHandler
+    return [route("GET", "/v1/<operation:name>", get), route("GET", "/ui/<operation:name>", get)]
 
 
 def _json(raw: bytes) -> Any:
@@ -369,11 +350,11 @@ def _json(raw: bytes) -> Any:
         raise invalid(f"request body is not valid JSON: {err}") from err
 
 
-def _http_body(raw: bytes, headers: Any) -> dict[str, Any]:
+def _http_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
     """A rawPredict request as the RawPredictRequest the service layer takes (the form the
     gRPC front hands over too): the HTTP body, whatever it holds, is `http_body.data`."""
-    content_type = headers.get("Content-Type") or "application/json"
-    return {"httpBody": {"contentType": content_type, "data": base64.b64encode(raw).decode()}}
+    data = base64.b64encode(raw).decode()
+    return {"httpBody": {"contentType": content_type or "application/json", "data": data}}
 
 
 def main(argv: list[str] | None = None) -> None:
