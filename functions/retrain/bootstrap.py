@@ -76,7 +76,20 @@ class App:
 
     @functools.cached_property
     def trigger(self) -> Trigger:
-        return Trigger(self.config, self.ledger, self.training, self.log, notifiers=self.notifiers)
+        from retrain.adapters.gcs import GcsDataObjects
+
+        objects = GcsDataObjects(self.storage)
+        return Trigger(
+            self.config,
+            self.ledger,
+            self.training,
+            self.log,
+            notifiers=self.notifiers,
+            objects=lambda _config: objects,
+            # The champion is looked up on submission only: an ignored event never imports
+            # the Vertex client.
+            registry=self._vertex(config_key="registry"),
+        )
 
     @functools.cached_property
     def job_events(self) -> JobEvents:

@@ -20,6 +20,7 @@ TRIGGER_MODES = ("each", "marker", "quiet")
 STRATEGIES = ("standard", "spot", "flex_start")
 GOALS = ("maximize", "minimize")
 SCHEMA_CHANGE_POLICIES = ("reject", "judge_alone")
+DATA_WINDOWS = ("batch", "all")  # or a table: { days = N }
 # "rejected": the quality gate refused a model; "request_rejected": a retrain request was
 # refused before any job (a bad field, a value outside the guards).
 NOTIFY_KINDS = ("deployed", "rejected", "rolled_back", "failed", "cancelled", "request_rejected")
@@ -69,6 +70,15 @@ class PythonPackage:
 
 
 @dataclass(frozen=True)
+class DataWindow:
+    """Which objects a run trains on: its batch ("batch"), every matching object under the
+    pipeline's prefix so far ("all"), or those created in the last `days` days ("days")."""
+
+    kind: str = "batch"
+    days: int | None = None
+
+
+@dataclass(frozen=True)
 class Training:
     image_uri: str  # "" when the code comes as a Python package (`package`)
     machine: Machine
@@ -80,6 +90,7 @@ class Training:
     fallback: tuple[Machine, ...] = ()
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     package: PythonPackage | None = None  # instead of image_uri
+    data: DataWindow = field(default_factory=DataWindow)
 
 
 @dataclass(frozen=True)
@@ -266,9 +277,29 @@ def _training(t: _Table, guards: Guards) -> Training:
         service_account=t.opt_str("service_account"),
         fallback=fallback,
         hyperparameters=hyperparameters,
+        data=_data_window(t),
     )
     t.done()
     return training
+
+
+def _data_window(t: _Table) -> DataWindow:
+    """`data = "batch" | "all" | { days = N }`."""
+    if not t.has("data"):
+        return DataWindow()
+    raw = t.raw("data")
+    if isinstance(raw, str):
+        if raw not in DATA_WINDOWS:
+            t.fail("data", f'must be "batch", "all" or {{ days = N }}, not {raw!r}')
+        return DataWindow(raw)
+    if not isinstance(raw, Mapping):
+        t.fail("data", f'must be "batch", "all" or {{ days = N }}, not {raw!r}')
+    window = t.table("data")
+    days = window.opt_int("days", minimum=1)
+    window.done()  # an unknown key (a typo of "days") first
+    if days is None:
+        window.fail("days", "is required: the number of days of objects to train on")
+    return DataWindow("days", days)
 
 
 _PACKAGE_KEYS = ("executor_image_uri", "package_uris", "python_module")
@@ -513,6 +544,10 @@ class _Table:
                 self.fail(key, "is required")
             return None
         return self._data[key]
+
+    def raw(self, key: str) -> Any:
+        """The value as written, marked used (for keys that take several shapes)."""
+        return self._get(key, False)
 
     def table(self, key: str, *, required: bool = False) -> _Table:
         value = self._get(key, required)

@@ -22,7 +22,7 @@ STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
 STORAGE_PREFIX = "google.cloud.storage.object.v1."
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 JOB_STATE_LABEL = "ml.googleapis.com/job_state"
-REQUEST_FIELDS = ("pipeline", "data_uri", "hyperparameters", "reason")
+REQUEST_FIELDS = ("pipeline", "data_uri", "hyperparameters", "reason", "rerun_of")
 MAX_REASON = 1000  # characters; a reason is for people, shown in logs and notifications
 INT64_MAX = 2**63 - 1
 MAX_OBJECT_NAME = 1024  # bytes of UTF-8: GCS's limit
@@ -60,6 +60,7 @@ class RetrainRequested:
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     reason: str | None = None
     requester: str | None = None
+    rerun_of: str | None = None  # a run id: train again on exactly its pinned inputs
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,9 @@ def request_from_payload(
     reason = payload.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
         return malformed("reason", f"reason must be a string of at most {MAX_REASON} characters")
+    rerun_of = payload.get("rerun_of")
+    if rerun_of is not None and (not isinstance(rerun_of, str) or not rerun_of):
+        return malformed("rerun_of", f"rerun_of must be a run id, not {shown(rerun_of)}")
     return RetrainRequested(
         event_id=message_id,
         pipeline=pipeline,
@@ -231,6 +235,7 @@ def request_from_payload(
         hyperparameters=dict(hyperparameters),
         reason=reason,
         requester=requester,
+        rerun_of=rerun_of,
     )
 
 

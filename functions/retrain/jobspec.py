@@ -51,9 +51,18 @@ def label_value(value: str) -> str:
 
 
 def container_args(pipeline: Pipeline, run: RunPlan) -> tuple[str, ...]:
-    """Pipeline args, then --data-uri, then one --<name>=<value> per hyperparameter."""
+    """Pipeline args, --data-uri, the pinned inputs (--data-manifest), what the new model
+    is compared with (--champion-model-dir, --eval-uri), then one --<name>=<value> per
+    hyperparameter."""
+    inputs = [f"--data-uri={run.data_uri}"]
+    if run.data_manifest:
+        inputs.append(f"--data-manifest={run.data_manifest}")
+    if run.champion_model_dir:
+        inputs.append(f"--champion-model-dir={run.champion_model_dir}")
+    if pipeline.deploy is not None and pipeline.deploy.eval_uri:
+        inputs.append(f"--eval-uri={pipeline.deploy.eval_uri}")
     hp = [f"--{key}={_format(value)}" for key, value in sorted(run.hyperparameters.items())]
-    return (*pipeline.training.args, f"--data-uri={run.data_uri}", *hp)
+    return (*pipeline.training.args, *inputs, *hp)
 
 
 def _format(value: Any) -> str:

@@ -173,6 +173,9 @@ def plan_from_record(record: Mapping[str, Any]) -> RunPlan:
         covers_folder=record.get("covers_folder"),
         events=tuple(record.get("events") or ()),
         reason=record.get("reason"),
+        rerun_of=record.get("rerun_of"),
+        data_manifest=record.get("data_manifest"),
+        champion_model_dir=record.get("champion_model_dir"),
     )
 
 

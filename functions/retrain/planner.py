@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
@@ -35,6 +35,11 @@ class RunPlan:
     covers_folder: str | None = None  # marker: pending records under this folder
     events: tuple[str, ...] = ()
     reason: str | None = None
+    rerun_of: str | None = None  # a rerun: the run whose pinned inputs it trains on again
+    # Pinned on submission (and kept in the run record, so a capacity fallback passes the
+    # same arguments): the input manifest, and the champion's model directory.
+    data_manifest: str | None = None
+    champion_model_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,16 +156,37 @@ def plan_request(event: RetrainRequested | MalformedRequest, config: Config) -> 
     verdict = check(event, config)
     if isinstance(verdict, Refused):
         return Reject(verdict.message, verdict.field)
+    rerun_of = event.rerun_of if isinstance(event, RetrainRequested) else None
     return Submit(
         RunPlan(
             pipeline=verdict.pipeline.name,
             run_id=request_run_id(verdict.pipeline.name, event.event_id),
-            trigger="request",
+            # A rerun's data URI and hyperparameters are the original run's: the trigger
+            # reads them from its record (`rerun_plan`).
+            trigger="rerun" if rerun_of else "request",
             data_uri=verdict.data_uri,
             hyperparameters=verdict.hyperparameters,
             events=(event.event_id,),
             reason=event.reason if isinstance(event, RetrainRequested) else None,
+            rerun_of=rerun_of,
         )
+    )
+
+
+def rerun_plan(request: RunPlan, original: Mapping[str, Any]) -> RunPlan | Reject:
+    """The rerun `request` asks for, on the original run's data URI, hyperparameters and
+    pinned inputs (its record), or a Reject naming `rerun_of`."""
+    if not original.get("data_manifest"):
+        return Reject(
+            f"rerun_of: run {request.rerun_of} has no input manifest (it predates pinned "
+            "inputs), so it cannot be rerun on exactly its inputs",
+            "rerun_of",
+        )
+    return replace(
+        request,
+        data_uri=str(original["data_uri"]),
+        hyperparameters=dict(original.get("hyperparameters") or {}),
+        objects=tuple(original.get("objects") or ()),
     )
 
 

@@ -66,6 +66,38 @@ class Blobs(Protocol):
 
 
 @dataclass(frozen=True)
+class ObjectVersion:
+    """One generation of a data object, as listed or looked up."""
+
+    bucket: str
+    name: str
+    generation: int
+    size: int
+    created: datetime | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"gs://{self.bucket}/{self.name}"
+
+
+class DataObjects(Protocol):
+    """Data objects by generation, and the small text files that pin them (a run's input
+    manifest). The trigger uses it on submission only."""
+
+    def list(self, bucket: str, prefix: str) -> list[ObjectVersion]:
+        """The live generation of every object whose name starts with `prefix`."""
+
+    def stat(self, bucket: str, name: str, generation: int) -> ObjectVersion | None:
+        """That generation of the object, live or noncurrent; None when it is gone."""
+
+    def read_text(self, uri: str) -> str | None:
+        """The object's text, or None when it does not exist."""
+
+    def create_text(self, uri: str, text: str) -> bool:
+        """Write `uri` only if it does not exist yet; False when it existed."""
+
+
+@dataclass(frozen=True)
 class Trial:
     """One trial of a HyperparameterTuningJob, as Vertex reports it."""
 

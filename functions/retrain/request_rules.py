@@ -10,6 +10,7 @@ command line accepts is a request the function accepts.
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +23,10 @@ from retrain.safejson import HugeNumber
 
 MAX_URI = 2048  # characters: gs:// + a 222-character bucket + a 1024-byte object name
 MAX_TEXT = 256  # characters of a string hyperparameter
-INT64 = (-(2**63), 2**63 - 1)  # what TOML (and so the defaults) can hold
+INT64 = (-(2**63), 2**63 - 1)
+_RUN_ID = re.compile(
+    r"[0-9a-f]{16}"
+)  # planner.run_id_for  # what TOML (and so the defaults) can hold
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,10 @@ def check(event: RetrainRequested | MalformedRequest, config: Config) -> Accepte
         )
     if isinstance(event, MalformedRequest):
         return Refused(event.field, event.problem)
+    if event.rerun_of is not None:
+        problem = rerun_problem(event)
+        if problem:
+            return Refused("rerun_of", problem)
     data_uri = event.data_uri or pipeline.data_root
     allowed = config.guards.allowed_buckets or (pipeline.bucket,)
     problem = data_uri_problem(data_uri, allowed)
@@ -67,6 +75,20 @@ def check(event: RetrainRequested | MalformedRequest, config: Config) -> Accepte
             return Refused(name, f"{name} {problem}")
         hyperparameters[key] = float(value) if isinstance(hyperparameters[key], float) else value
     return Accepted(pipeline, data_uri, hyperparameters)
+
+
+def rerun_problem(event: RetrainRequested) -> str | None:
+    """Why a rerun request may not run, or None: it names a run id, and takes nothing that
+    would change its inputs (those are the original run's)."""
+    run_id = event.rerun_of or ""
+    if not _RUN_ID.fullmatch(run_id):
+        return f"rerun_of must be a run id (16 hex digits), not {shown(run_id)}"
+    if event.data_uri is not None or event.hyperparameters:
+        return (
+            "rerun_of: a rerun trains on the original run's inputs and hyperparameters; "
+            "it takes no data_uri or hyperparameters"
+        )
+    return None
 
 
 def data_uri_problem(uri: str, allowed_buckets: tuple[str, ...]) -> str | None:

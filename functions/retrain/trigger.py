@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from retrain.config import Config, Pipeline
 from retrain.errors import InvalidRequest, TransientError
 from retrain.events import Event, MalformedRequest, ObjectFinalized, RetrainRequested, Tick
-from retrain.jobspec import PIPELINE_LABEL, RUN_LABEL, build_job, label_value
+from retrain.inputs import covered_objects, gone, manifest_text, manifest_uri, parse_manifest
+from retrain.jobevents import CHAMPION, resource_id
+from retrain.jobspec import PIPELINE_LABEL, RUN_LABEL, base_output_directory, build_job, label_value
 from retrain.ledger import (
     CLAIMED,
     SUBMITTED,
@@ -49,8 +51,9 @@ from retrain.planner import (
     plan_object,
     plan_quiet_flush,
     plan_request,
+    rerun_plan,
 )
-from retrain.ports import JobInfo, Notifier, Stored, TrainingService
+from retrain.ports import DataObjects, JobInfo, ModelRegistry, Notifier, Stored, TrainingService
 
 CLAIM_LEASE = timedelta(seconds=120)  # a claim older than this without a job is abandoned
 DUPLICATE_WAIT_S = (0.2, 0.4, 0.8)  # how a duplicate waits for the claimant to finish
@@ -76,6 +79,8 @@ class Trigger:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
         notifiers: Callable[[Pipeline], list[Notifier]] = lambda _pipeline: [],
+        objects: Callable[[Config], DataObjects] | None = None,
+        registry: Callable[[Config], ModelRegistry] | None = None,
     ):
         self._config = config
         self._ledger = ledger
@@ -84,6 +89,9 @@ class Trigger:
         self._clock = clock
         self._sleep = sleep
         self._notifiers = notifiers
+        # Used on submission only: the input manifest, and the champion to compare with.
+        self._objects = objects
+        self._registry = registry
 
     def handle(self, event: Event) -> list[Outcome]:
         config = self._config()
@@ -121,6 +129,8 @@ class Trigger:
 
     def _on_request(self, event: RetrainRequested | MalformedRequest, config: Config) -> Outcome:
         decision = plan_request(event, config)
+        if isinstance(decision, Submit) and decision.run.rerun_of:
+            decision = self._rerun(decision.run, config)
         if isinstance(decision, Reject):
             # Permanent: no job, no run record; the channels hear of it, the delivery is acked.
             claims = lambda: JobLedger(self._ledger(config).store)  # noqa: E731
@@ -132,6 +142,51 @@ class Trigger:
             )
         assert isinstance(decision, Submit)
         return self._start(decision.run, config)
+
+    def _rerun(self, request: RunPlan, config: Config) -> Submit | Reject:
+        """A rerun on the original run's inputs, or a Reject naming `rerun_of` before any
+        job: the original run is unknown, has no manifest, or a generation it pinned is
+        gone. A redelivery of a rerun already claimed goes on to the duplicate check."""
+        ledger = self._ledger(config)
+        claimed = ledger.read_run(request.pipeline, request.run_id)
+        if claimed is not None:
+            return Submit(replace(request, **_lineage(claimed.doc)))
+        assert request.rerun_of is not None
+        original = ledger.read_run(request.pipeline, request.rerun_of)
+        if original is None:
+            return Reject(
+                f"rerun_of: pipeline {request.pipeline} has no run {request.rerun_of}",
+                "rerun_of",
+            )
+        plan = rerun_plan(request, original.doc)
+        if isinstance(plan, Reject):
+            return plan
+        problem = self._pinned_problem(str(original.doc["data_manifest"]), config)
+        if problem:
+            return Reject(f"rerun_of: run {request.rerun_of}: {problem}", "rerun_of")
+        return Submit(plan)
+
+    def _pinned_problem(self, manifest: str, config: Config) -> str | None:
+        """Why the objects a manifest pins cannot be read again, or None."""
+        if self._objects is None:
+            return None
+        objects = self._objects(config)
+        text = objects.read_text(manifest)
+        if text is None:
+            return f"its input manifest {manifest} is gone"
+        try:
+            pinned = parse_manifest(text, manifest)
+        except ValueError as err:
+            return f"its input manifest is unreadable: {err}"
+        missing = gone(pinned, objects)
+        if missing:
+            names = ", ".join(str(p) for p in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            return (
+                f"pinned input {names}{more} is gone (overwritten or deleted, and not kept "
+                "as a noncurrent version)"
+            )
+        return None
 
     # ticks -----------------------------------------------------------------------------
     def _on_tick(self, config: Config) -> list[Outcome]:
@@ -270,7 +325,7 @@ class Trigger:
                 )
             log.info("run waiting", reason=decision.reason)
             return Outcome("waiting", decision.reason, run_id)
-        plan = plan_from_record(record)
+        plan = self._pin_inputs(pipeline, plan_from_record(record), record, config)
         spec = build_job(pipeline, plan, config.defaults.output_uri)
         try:
             job = training.submit(spec)
@@ -291,6 +346,8 @@ class Trigger:
                 "job_name": job.name,
                 "submitted_at": iso(now),
                 "wait_reason": None,
+                "data_manifest": plan.data_manifest,
+                "champion_model_dir": plan.champion_model_dir,
             },
         ) or self._raise_lost_update(run_id)
         if cooldown:
@@ -298,6 +355,43 @@ class Trigger:
         ledger.close(pipeline.name, run_id)
         log.info("job submitted", job_name=job.name, display_name=spec.display_name)
         return Outcome("submitted", spec.display_name, run_id, job.name)
+
+    def _pin_inputs(
+        self, pipeline: Pipeline, plan: RunPlan, record: dict[str, Any], config: Config
+    ) -> RunPlan:
+        """The plan with its inputs pinned: the manifest written (once: a retry finds it and
+        keeps it) and the champion's model directory, when the pipeline has a champion."""
+        if plan.data_manifest is None and self._objects is not None:
+            objects = self._objects(config)
+            base = base_output_directory(config.defaults.output_uri, pipeline.name, plan.run_id)
+            uri = manifest_uri(base)
+            if objects.read_text(uri) is None:
+                objects.create_text(uri, self._manifest(pipeline, plan, record, config))
+            plan = replace(plan, data_manifest=uri)
+        deploy = pipeline.deploy
+        if plan.champion_model_dir is None and self._registry is not None and deploy:
+            champion = self._registry(config).by_alias(resource_id(deploy.model), CHAMPION)
+            if champion is not None and champion.artifact_uri:
+                plan = replace(plan, champion_model_dir=champion.artifact_uri)
+        return plan
+
+    def _manifest(
+        self, pipeline: Pipeline, plan: RunPlan, record: dict[str, Any], config: Config
+    ) -> str:
+        assert self._objects is not None
+        objects = self._objects(config)
+        if plan.rerun_of:
+            original = self._ledger(config).read_run(pipeline.name, plan.rerun_of)
+            source = original.doc.get("data_manifest") if original else None
+            text = objects.read_text(str(source)) if source else None
+            if text is None:
+                # Checked before the run was claimed; gone since: try again later.
+                raise TransientError(f"run {plan.rerun_of}: input manifest {source} unreadable")
+            return text
+        # A window covers what existed when the run was created, so that a retry lists
+        # the same objects.
+        cutoff = parse_iso(record.get("created_at")) or self._clock()
+        return manifest_text(covered_objects(pipeline, plan, objects, cutoff))
 
     @staticmethod
     def _raise_lost_update(run_id: str) -> Any:
@@ -373,3 +467,12 @@ class Trigger:
             raise TransientError(f"run {run_id} was taken over by another delivery")
         log.warning("taking over an abandoned claim")
         return self._admit_and_submit(pipeline, taken.doc, taken.generation, config)
+
+
+def _lineage(record: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a claimed rerun's record that its plan must carry again."""
+    return {
+        "data_uri": record.get("data_uri"),
+        "hyperparameters": dict(record.get("hyperparameters") or {}),
+        "objects": tuple(record.get("objects") or ()),
+    }

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrain.adapters.errors import translated
-from retrain.ports import Listed, Stored
+from retrain.ports import Listed, ObjectVersion, Stored
 
 if TYPE_CHECKING:
     from google.cloud import storage  # type: ignore[attr-defined]
@@ -119,3 +119,58 @@ class GcsBlobs:
         with translated(f"stat {uri}"):
             blob = self._client_factory().bucket(bucket).get_blob(name)
         return int(blob.generation) if blob is not None else None
+
+
+class GcsDataObjects:
+    """Data objects with their generations (GCS keeps a noncurrent generation in a bucket
+    with object versioning), and create-only text writes for input manifests."""
+
+    def __init__(self, client_factory: Any):
+        self._client_factory = client_factory
+
+    def list(self, bucket: str, prefix: str) -> list[ObjectVersion]:
+        with translated(f"list gs://{bucket}/{prefix}"):
+            blobs = list(self._client_factory().list_blobs(bucket, prefix=prefix))
+        return [_version(bucket, blob) for blob in blobs]
+
+    def stat(self, bucket: str, name: str, generation: int) -> ObjectVersion | None:
+        with translated(f"stat gs://{bucket}/{name}#{generation}"):
+            blob = self._client_factory().bucket(bucket).get_blob(name, generation=generation)
+        # An emulator may answer with the live generation: only the asked one counts.
+        if blob is None or int(blob.generation or 0) != generation:
+            return None
+        return _version(bucket, blob)
+
+    def read_text(self, uri: str) -> str | None:
+        from google.api_core.exceptions import NotFound
+
+        bucket, name = split_gs_uri(uri)
+        with translated(f"read {uri}"):
+            try:
+                return str(self._client_factory().bucket(bucket).blob(name).download_as_text())
+            except NotFound:
+                return None
+
+    def create_text(self, uri: str, text: str) -> bool:
+        from google.api_core.exceptions import PreconditionFailed
+
+        bucket, name = split_gs_uri(uri)
+        blob = self._client_factory().bucket(bucket).blob(name)
+        with translated(f"create {uri}"):
+            try:
+                blob.upload_from_string(
+                    text, content_type="application/x-ndjson", if_generation_match=0
+                )
+            except PreconditionFailed:
+                return False
+        return True
+
+
+def _version(bucket: str, blob: Any) -> ObjectVersion:
+    return ObjectVersion(
+        bucket=bucket,
+        name=blob.name,
+        generation=int(blob.generation or 0),
+        size=int(blob.size or 0),
+        created=blob.time_created,
+    )
