@@ -11,53 +11,66 @@ severities as numbers, as the GAPIC REST transports do."""
 from __future__ import annotations
 
 import json
-import re
-import threading
 from collections.abc import Callable
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import grpc
 from google.cloud.logging_v2.types import logging as logging_types
+from werkzeug.wrappers import Request, Response
 
 from localcloud.errors import LocalCloudError
+from localcloud.httpserver import HttpServer, Routes, json_app, json_response, raw_path, route
 from localcloud.logging_grpc import response_message, start_grpc_server
 from localcloud.logging_service import LoggingService
 from localcloud.logstore import LogStore
-from localcloud.vertex.wire import ApiError, invalid, not_found, to_json
+from localcloud.vertex.wire import invalid, not_found, to_json
 
-# A route handler gets the service, the path's named groups and the JSON body.
+# A route handler gets the service, the path's values and the JSON body.
 Handler = Callable[[LoggingService, dict[str, str], dict[str, Any]], dict[str, Any]]
-Route = tuple[str, re.Pattern[str], Handler, Any]
 
-ROUTES: tuple[Route, ...] = (
-    (
-        "POST",
-        re.compile(r"/v2/entries:list"),
-        lambda service, _, body: service.list_entries(body),
-        logging_types.ListLogEntriesResponse.pb(),
-    ),
-    (
-        "POST",
-        re.compile(r"/v2/entries:write"),
-        lambda service, _, body: service.write_entries(body),
-        logging_types.WriteLogEntriesResponse.pb(),
-    ),
-    (
-        "DELETE",
-        # The log ID stays URL-encoded, as it is inside logName (`ml.googleapis.com%2F123`).
-        re.compile(r"/v2/(?P<name>projects/[^/]+/logs/[^/]+)"),
-        lambda service, path, _: service.delete_log(path["name"]),
-        None,
-    ),
+
+@dataclass(frozen=True)
+class _Method:
+    """A route's endpoint: its handler, and the response's message type (to print integer
+    enums; None for google.protobuf.Empty)."""
+
+    handler: Handler
+    response_type: Any
+
+
+ROUTES = Routes(
+    [
+        route(
+            "POST",
+            "/v2/entries:list",
+            _Method(
+                lambda service, _, body: service.list_entries(body),
+                logging_types.ListLogEntriesResponse.pb(),
+            ),
+        ),
+        route(
+            "POST",
+            "/v2/entries:write",
+            _Method(
+                lambda service, _, body: service.write_entries(body),
+                logging_types.WriteLogEntriesResponse.pb(),
+            ),
+        ),
+        route(
+            "DELETE",
+            # Matched on the raw path: the log ID stays URL-encoded, as it is inside
+            # logName (`ml.googleapis.com%2F123`).
+            "/v2/projects/<project>/logs/<log>",
+            _Method(
+                lambda service, path, _: service.delete_log(
+                    f"projects/{path['project']}/logs/{path['log']}"
+                ),
+                None,
+            ),
+        ),
+    ]
 )
-
-
-def _wants_integer_enums(query: str) -> bool:
-    alt = ";".join(parse_qs(query).get("$alt", []))
-    return "enum-encoding=int" in alt
 
 
 def _render(payload: dict[str, Any], message_type: Any, ints: bool) -> dict[str, Any]:
@@ -68,66 +81,30 @@ def _render(payload: dict[str, Any], message_type: Any, ints: bool) -> dict[str,
     return to_json(response_message(payload, message_type), ints=True)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's
-    # algorithm and the client's delayed ACK add ~40 ms to every response.
-    disable_nagle_algorithm = True
+def _app(service: LoggingService) -> Callable[[Request], Response]:
+    def serve(request: Request) -> Response:
+        path = raw_path(request)
+        found = ROUTES.match(request.method, path)
+        if found is None:
+            raise not_found(f"no method at {request.method} {path}")
+        method, values = found
+        body = _body(request) if request.method == "POST" else {}
+        answer = method.handler(service, values, body)
+        ints = "enum-encoding=int" in ";".join(request.args.getlist("$alt"))
+        return json_response(_render(answer, method.response_type, ints))
 
-    server: _Server
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def _dispatch(self, method: str) -> None:
-        url = urlsplit(self.path)
-        try:
-            for verb, pattern, handler, response_type in ROUTES:
-                match = pattern.fullmatch(url.path)
-                if verb == method and match is not None:
-                    body = self._body() if method == "POST" else {}
-                    answer = handler(self.server.service, match.groupdict(), body)
-                    ints = _wants_integer_enums(url.query)
-                    self._reply(HTTPStatus.OK, _render(answer, response_type, ints))
-                    return
-            raise not_found(f"no method at {method} {url.path}")
-        except ApiError as err:
-            self._reply(HTTPStatus(err.http_status), err.body())
-
-    def _body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b"{}"
-        try:
-            body = json.loads(raw or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise invalid(f"request body is not valid JSON: {err}") from err
-        if not isinstance(body, dict):
-            raise invalid("request body must be a JSON object")
-        return body
-
-    def _reply(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # one line per request would drown the demo's output
+    return serve
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], service: LoggingService) -> None:
-        super().__init__(address, _Handler)
-        self.service = service
+def _body(request: Request) -> dict[str, Any]:
+    raw = request.get_data()
+    try:
+        body = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise invalid(f"request body is not valid JSON: {err}") from err
+    if not isinstance(body, dict):
+        raise invalid("request body must be a JSON object")
+    return body
 
 
 class LoggingServer:
@@ -139,60 +116,40 @@ class LoggingServer:
     ) -> None:
         self.store = store
         self._service = LoggingService(store)
-        self._address = (host, port)
+        self._host = host
         self._grpc_address = f"{host}:{grpc_port}"
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._http = HttpServer(
+            json_app("logging server", _app(self._service)),
+            name="logging server",
+            host=host,
+            port=port,
+        )
         self._grpc: grpc.Server | None = None
         self._grpc_port = 0
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise LocalCloudError("the logging server has no URL until start() is called")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._http.url
 
     @property
     def grpc_host(self) -> str:
         if self._grpc is None:
             raise LocalCloudError("the logging server has no gRPC address until start()")
-        return f"{self._address[0]}:{self._grpc_port}"
+        return f"{self._host}:{self._grpc_port}"
 
     def start(self) -> LoggingServer:
-        if self._server is not None:
+        if self._http.running:
             raise LocalCloudError("the logging server is already started")
-        try:
-            server = _Server(self._address, self._service)
-        except OSError as err:
-            raise LocalCloudError(
-                f"logging server cannot listen on {self._address}: {err}"
-            ) from err
+        self._http.start()
         try:
             self._grpc, self._grpc_port = start_grpc_server(self._service, self._grpc_address)
         except LocalCloudError:
-            server.server_close()
+            self._http.stop()
             raise
-        self._server = server
-        # A short poll interval makes stop() quick; serving itself does not poll.
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="localcloud-logging",
-            daemon=True,
-        )
-        self._thread.start()
         return self
 
     def stop(self) -> None:
         if self._grpc is not None:
             self._grpc.stop(grace=1).wait()
             self._grpc = None
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
+        self._http.stop()
