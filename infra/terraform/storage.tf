@@ -8,13 +8,16 @@ resource "google_storage_bucket" "landing" {
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
 
+  # A run's manifest pins the generations it read: an overwritten or deleted data object
+  # stays readable as a noncurrent version, so `retrain rerun` can train on it again, for
+  # `landing_noncurrent_retention_days`.
   versioning {
     enabled = true
   }
 
   lifecycle_rule {
     condition {
-      days_since_noncurrent_time = var.noncurrent_retention_days
+      days_since_noncurrent_time = var.landing_noncurrent_retention_days
       with_state                 = "ARCHIVED"
     }
     action {

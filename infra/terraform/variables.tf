@@ -66,6 +66,17 @@ variable "noncurrent_retention_days" {
   default     = 30
 }
 
+variable "landing_noncurrent_retention_days" {
+  description = "Days an overwritten or deleted data object stays readable in the landing bucket as a noncurrent version: how long a run can be rerun on exactly its inputs (`retrain rerun`)."
+  type        = number
+  default     = 90
+
+  validation {
+    condition     = var.landing_noncurrent_retention_days >= 1
+    error_message = "landing_noncurrent_retention_days must be at least 1."
+  }
+}
+
 variable "delivery_attempts" {
   description = "Pub/Sub deliveries of one message to a function before it goes to the dead-letter topic (5-100)."
   type        = number
