@@ -95,20 +95,66 @@ def list_runs(env: Mapping[str, str], pipeline: str | None = None) -> list[dict[
                 state = f"? ({type(err).__name__})"
         if isinstance(record.get("metric"), int | float):
             metric = f"{record['metric']:.4f}"
+        trigger = record.get("trigger", "?")
+        if record.get("rerun_of"):
+            trigger = f"rerun of {record['rerun_of']}"
         rows.append(
             {
                 "pipeline": record.get("pipeline", "?"),
                 "run": record.get("run_id", "?"),
-                "trigger": record.get("trigger", "?"),
+                "trigger": trigger,
                 "created": (record.get("created_at") or "")[:19],
                 "job": (record.get("job_name") or "-").rsplit("/", 1)[-1],
                 "state": state if record.get("job_name") else record.get("status", "?"),
                 "metric": metric,
+                "judged": judged(record),
                 "version": str(record.get("model_version") or "-").rsplit("/", 1)[-1],
                 "outcome": str(record.get("outcome") or record.get("deployed") or "-"),
             }
         )
     return rows
+
+
+def judged(record: Mapping[str, Any]) -> str:
+    """The comparison the gate made: both figures, and the rows they come from (same rows,
+    eval set, or the champion's recorded metric)."""
+    from retrain.gate import basis_text
+
+    new, champion = record.get("metric"), record.get("champion_metric")
+    where = basis_text(record.get("basis"), record.get("basis_rows"))
+    if not isinstance(new, int | float) or not isinstance(champion, int | float) or not where:
+        return "-" if record.get("basis") in (None, "none") else str(record.get("basis"))
+    return f"{new:.4f} vs champion {champion:.4f} ({where})"
+
+
+def rerun_problem(env: Mapping[str, str], config: Any, pipeline: str, run_id: str) -> str | None:
+    """Why `run_id` cannot be rerun on exactly its inputs, checked with the storage client
+    before anything is published (the trigger checks again): unknown run, no manifest, or a
+    pinned generation that is gone."""
+    from retrain.adapters.gcs import GcsDataObjects, GcsStateStore
+    from retrain.inputs import gone, parse_manifest
+    from retrain.ledger import Ledger
+
+    if pipeline not in config.pipelines:
+        return f"unknown pipeline {pipeline!r} (configured: {', '.join(config.pipelines)})"
+    client = storage(env)
+    stored = Ledger(GcsStateStore(client, config.defaults.state_uri)).read_run(pipeline, run_id)
+    if stored is None:
+        return f"pipeline {pipeline} has no run {run_id}"
+    manifest = stored.doc.get("data_manifest")
+    if not manifest:
+        return f"run {run_id} has no input manifest: it predates pinned inputs"
+    objects = GcsDataObjects(lambda: client)
+    text = objects.read_text(manifest)
+    if text is None:
+        return f"run {run_id}: its input manifest {manifest} is gone"
+    missing = gone(parse_manifest(text, manifest), objects)
+    if missing:
+        return (
+            f"run {run_id}: pinned input {', '.join(str(p) for p in missing)} is gone "
+            "(overwritten or deleted, and not kept as a noncurrent version)"
+        )
+    return None
 
 
 def runs_table(rows: list[dict[str, Any]]) -> Any:
@@ -123,6 +169,7 @@ def runs_table(rows: list[dict[str, Any]]) -> Any:
         "job",
         "state",
         "metric",
+        "judged",
         "version",
         "outcome",
     ]
