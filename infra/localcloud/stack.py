@@ -285,8 +285,11 @@ class Stack:
     def down(self) -> None:
         while self._stop:
             stop = self._stop.pop()
-            with contextlib.suppress(Exception):
+            try:
                 stop()
+            except Exception:
+                # Stop the rest anyway; a failing piece is named, not hidden.
+                _log.exception("stopping %s failed", getattr(stop, "__qualname__", stop))
         with contextlib.suppress(FileNotFoundError):
             (self.dir / "env").unlink()
 
