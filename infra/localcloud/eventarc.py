@@ -18,21 +18,23 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 
 import grpc
 import requests
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent
 from google.api_core import exceptions
 from google.cloud import pubsub_v1
 from google.protobuf import duration_pb2, field_mask_pb2
 from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 from requests.adapters import HTTPAdapter
+from werkzeug.wrappers import Request, Response
 
 from localcloud.errors import LocalCloudError
-from localcloud.procs import free_port, port_is_open
+from localcloud.httpserver import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +63,10 @@ class Route:
     topic: str | None = None  # projects/P/topics/T, the ce-source of `pubsub` routes
 
 
-@dataclass(frozen=True)
-class CloudEventRequest:
-    """A binary-mode CloudEvent: the ce-* headers and the JSON body."""
-
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
 # -- conversion (pure) ------------------------------------------------------------------
 
 
-def to_cloudevent(route: Route, push: Mapping[str, Any]) -> CloudEventRequest | None:
+def to_cloudevent(route: Route, push: Mapping[str, Any]) -> CloudEvent | None:
     """The CloudEvent for a push request on `route`, or None for a notification that
     Eventarc's storage trigger would not deliver (anything but a finalize)."""
     message = push.get("message")
@@ -85,36 +79,33 @@ def to_cloudevent(route: Route, push: Mapping[str, Any]) -> CloudEventRequest | 
 
 def _published_event(
     route: Route, push: Mapping[str, Any], message: Mapping[str, Any]
-) -> CloudEventRequest:
+) -> CloudEvent:
     if route.topic is None:
         raise BadPush(f"route {route.name!r} has no topic to name as the event source")
-    headers = _headers(
+    attributes = _attributes(
         event_id=message["messageId"],
         source=f"//pubsub.googleapis.com/{route.topic}",
         event_type=PUBLISHED_TYPE,
         time=message.get("publishTime"),
     )
-    return CloudEventRequest(
-        headers, {"subscription": push.get("subscription"), "message": message}
-    )
+    return CloudEvent(attributes, {"subscription": push.get("subscription"), "message": message})
 
 
-def _storage_event(message: Mapping[str, Any]) -> CloudEventRequest | None:
+def _storage_event(message: Mapping[str, Any]) -> CloudEvent | None:
     attributes = message.get("attributes") or {}
     event_type = attributes.get("eventType")
     if event_type is None or "bucketId" not in attributes or "objectId" not in attributes:
         raise BadPush("the message is not a GCS notification (no eventType/bucketId/objectId)")
     if event_type != "OBJECT_FINALIZE":
         return None
-    resource = _object_resource(message)
-    headers = _headers(
+    event = _attributes(
         event_id=message["messageId"],
         source=f"//storage.googleapis.com/projects/_/buckets/{attributes['bucketId']}",
         event_type=FINALIZED_TYPE,
         time=attributes.get("eventTime") or message.get("publishTime"),
     )
-    headers["ce-subject"] = f"objects/{attributes['objectId']}"
-    return CloudEventRequest(headers, resource)
+    event["subject"] = f"objects/{attributes['objectId']}"
+    return CloudEvent(event, _object_resource(message))
 
 
 def _object_resource(message: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,17 +122,18 @@ def _object_resource(message: Mapping[str, Any]) -> dict[str, Any]:
     return resource
 
 
-def _headers(event_id: str, source: str, event_type: str, time: str | None) -> dict[str, str]:
-    headers = {
-        "ce-id": str(event_id),
-        "ce-source": source,
-        "ce-specversion": "1.0",
-        "ce-type": event_type,
-        "content-type": "application/json",
+def _attributes(event_id: str, source: str, event_type: str, time: str | None) -> dict[str, str]:
+    attributes = {
+        "id": str(event_id),
+        "source": source,
+        "specversion": "1.0",
+        "type": event_type,
+        "datacontenttype": "application/json",
     }
+    # Without one the SDK stamps the current time: Eventarc's events always carry a time.
     if time:
-        headers["ce-time"] = time
-    return headers
+        attributes["time"] = time
+    return attributes
 
 
 # -- the HTTP server --------------------------------------------------------------------
@@ -162,8 +154,9 @@ class EventarcBridge:
         self.timeout_s = timeout_s
         self._routes: dict[str, Route] = {}
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = HttpServer(
+            Request.application(self._serve), name="eventarc bridge", host=host, port=port
+        )
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=8, pool_maxsize=64)
         self._session.mount("http://", adapter)
@@ -194,33 +187,12 @@ class EventarcBridge:
             return self._routes.get(name)
 
     def start(self) -> EventarcBridge:
-        if self._server is not None:
-            raise LocalCloudError(f"the eventarc bridge on {self.url} is already running")
-        if not self.port:
-            self.port = free_port(self.host)
-        elif port_is_open(self.host, self.port):
-            raise LocalCloudError(
-                f"port {self.port} is taken; stop what uses it or pick another port for the bridge"
-            )
-        self._server = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="eventarc-bridge",
-            daemon=True,
-        )
-        self._thread.start()
+        self._http.start()
+        self.port = self._http.port
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._http.stop()
 
     def __enter__(self) -> EventarcBridge:
         return self.start()
@@ -251,13 +223,19 @@ class EventarcBridge:
             return 204, "not a finalize notification; dropped"
         return self._call(route, event)
 
-    def _call(self, route: Route, event: CloudEventRequest) -> tuple[int, str]:
+    def _serve(self, request: Request) -> Response:
+        prefix, path = "/push/", request.path
+        if request.method == "POST" and path.startswith(prefix):
+            status, text = self.handle_push(path[len(prefix) :], request.get_data())
+        else:
+            status, text = 404, f"no push endpoint at {request.method} {path}; use /push/<route>"
+        return Response(text, status=status, content_type="text/plain; charset=utf-8")
+
+    def _call(self, route: Route, event: CloudEvent) -> tuple[int, str]:
+        headers, body = to_binary(event)  # binary mode, as Eventarc delivers
         try:
             response = self._session.post(
-                route.target_url,
-                data=json.dumps(event.body).encode(),
-                headers=event.headers,
-                timeout=self.timeout_s,
+                route.target_url, data=body, headers=headers, timeout=self.timeout_s
             )
         except requests.Timeout:
             return 504, f"the function at {route.target_url} did not answer in {self.timeout_s}s"
@@ -265,36 +243,6 @@ class EventarcBridge:
             return 502, f"the function at {route.target_url} is unreachable: {err}"
         with response:
             return response.status_code, f"function answered {response.status_code}"
-
-
-def _handler_for(bridge: EventarcBridge) -> type[BaseHTTPRequestHandler]:
-    class PushHandler(BaseHTTPRequestHandler):
-        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's
-        # algorithm and the client's delayed ACK add ~40 ms to every response.
-        disable_nagle_algorithm = True
-
-        # Keep-alive: the Pub/Sub server reuses its connections for every push.
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            prefix = "/push/"
-            path = self.path.split("?", 1)[0]
-            if path.startswith(prefix):
-                status, text = bridge.handle_push(path[len(prefix) :], raw)
-            else:
-                status, text = 404, f"no push endpoint at {path}; use /push/<route>"
-            body = text.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("eventarc bridge: " + format, *args)
-
-    return PushHandler
 
 
 # -- wiring a trigger -------------------------------------------------------------------

@@ -41,6 +41,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 JSON_TYPE = "application/json; charset=UTF-8"
 # Whatever the app puts there, these describe how this server frames the response.
 _FRAMING_HEADERS = {"content-length", "transfer-encoding", "connection"}
+_NO_BODY = {204, 304}
 
 
 # -- routing ------------------------------------------------------------------------------
@@ -369,11 +370,17 @@ class _Handler(BaseHTTPRequestHandler):
         return environ
 
     def _send(self, status: str, headers: list[tuple[str, str]], data: bytes) -> None:
-        self.send_response(int(status.split(None, 1)[0]))
+        code = int(status.split(None, 1)[0])
+        self.send_response(code)
         for key, value in headers:
             if key.lower() not in _FRAMING_HEADERS:
                 self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
+        if code in _NO_BODY:
+            # A client reads no body after these; bytes sent anyway would be taken for
+            # the start of the next response on the connection.
+            data = b""
+        else:
+            self.send_header("Content-Length", str(len(data)))
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
