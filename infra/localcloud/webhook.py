@@ -1,73 +1,102 @@
-"""A local webhook receiver: where localcloud's notifications go when the webhook URL a
-pipeline names is not set. Every POST is kept as one JSON line (and answered 200), so
-`make demo` shows what a Slack or Google Chat channel would have received."""
+"""A local webhook receiver standing in for a Slack or Google Chat incoming webhook.
+
+localcloud sends notifications there when the webhook URL a pipeline names is not set, so
+`make demo` shows what the channel would have received; tests point the functions at one
+to see what they sent. Every JSON POST is kept (in memory, and as one JSON line in `path`
+when given) and answered 200 `ok`; a body that is not JSON is refused with 400, as Slack
+refuses an invalid payload."""
 
 from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from localcloud.procs import free_port
+from werkzeug.wrappers import Request, Response
+
+from localcloud.httpserver import HttpServer
+
+Messages = list[Any]
 
 
 class WebhookSink:
-    def __init__(self, path: Path, port: int = 0, host: str = "127.0.0.1"):
+    """`WebhookSink(path).start()` takes POSTs on `url` (`route` is the URL's path, so a
+    test can give it a secret-looking token) until `stop()`."""
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        route: str = "/webhook",
+    ) -> None:
         self.path = path
-        self.host = host
-        self.port = port
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self.route = route
+        self._messages: Messages = []
+        # Notified on every message, so wait_for() wakes when there is news.
+        self._arrived = threading.Condition()
+        self._http = HttpServer(
+            Request.application(self._receive), name="webhook receiver", host=host, port=port
+        )
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/webhook"
+        return self._http.url + self.route
 
     def start(self) -> WebhookSink:
-        self.port = self.port or free_port(self.host)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's
-            # algorithm and the client's delayed ACK add ~40 ms to every response.
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                try:
-                    sink._keep(json.loads(body or b"null"))
-                    status = 200
-                except json.JSONDecodeError:
-                    status = 400
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(
-            target=self._server.serve_forever, name="webhook-sink", daemon=True
-        ).start()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._http.start()
         return self
 
-    def _keep(self, message: Any) -> None:
-        with self._lock, self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(message) + "\n")
-
-    def received(self) -> list[Any]:
-        if not self.path.exists():
-            return []
-        with self._lock, self.path.open(encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._http.stop()
+
+    def __enter__(self) -> WebhookSink:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def received(self) -> Messages:
+        """Every message received so far, oldest first."""
+        with self._arrived:
+            return list(self._messages)
+
+    def texts(self) -> list[str]:
+        """The `text` of each message: the field Slack and Chat show."""
+        return [str(m["text"]) for m in self.received() if isinstance(m, dict) and "text" in m]
+
+    def wait_for(self, condition: Callable[[Messages], bool], timeout: float = 30.0) -> Messages:
+        """The messages once `condition(messages)` holds; TimeoutError after `timeout`
+        seconds, naming what did arrive."""
+        with self._arrived:
+            if self._arrived.wait_for(lambda: condition(list(self._messages)), timeout):
+                return list(self._messages)
+            raise TimeoutError(
+                f"the webhook receiver did not get the expected messages within {timeout}s; "
+                f"received {self._messages}"
+            )
+
+    def _receive(self, request: Request) -> Response:
+        if request.method != "POST":
+            return Response("POST a JSON message", status=405, headers={"Allow": "POST"})
+        try:
+            message = json.loads(request.get_data())
+        except ValueError:
+            return Response("invalid_payload", status=400)
+        with self._arrived:
+            if self.path is not None:
+                with self.path.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(message) + "\n")
+            self._messages.append(message)
+            self._arrived.notify_all()
+        return Response("ok")

@@ -30,6 +30,7 @@ from google.cloud import aiplatform_v1 as v1
 from localcloud.procs import free_port, wait_until
 from localcloud.storage import StorageServer
 from localcloud.vertex.runtime import DeployedServer
+from localcloud.webhook import WebhookSink
 from retrain.adapters.gcs import GcsBlobs, GcsStateStore
 from retrain.adapters.joblogs import CloudJobLogs, logging_client
 from retrain.adapters.notifiers import WebhookNotifier
@@ -38,7 +39,7 @@ from retrain.jobevents import JobEvents
 from retrain.ledger import Ledger
 from retrain.logs import Logger
 from retrain.settings import Settings
-from tests.contract.jobevents_fixtures import PROJECT, REGION, JobCloud, Webhook, _csv
+from tests.contract.jobevents_fixtures import PROJECT, REGION, JobCloud, _csv
 
 ROUNDS = 7
 
@@ -131,7 +132,7 @@ def _rounds(cloud: JobCloud) -> str:
               "credentials": AnonymousCredentials()}  # fmt: skip
     ledger = Ledger(GcsStateStore(cloud.gcs, f"gs://{cloud.state}/state"))
     logging = logging_client(settings, PROJECT)
-    hook = Webhook()
+    hook = WebhookSink().start()
     handler = JobEvents(
         lambda: cloud.config, lambda _c: ledger, lambda _c: cloud.training,
         lambda _c: VertexRegistry(PROJECT, REGION, kwargs),

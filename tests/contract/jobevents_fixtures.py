@@ -10,11 +10,9 @@ import itertools
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from localcloud.storage import StorageServer
 from localcloud.vertex.images import ImageCommands
 from localcloud.vertex.runtime_local import LocalJobRuntime, LocalModelRuntime
 from localcloud.vertex.server import VertexServer
+from localcloud.webhook import WebhookSink
 from retrain.adapters.clients import VertexConnection
 from retrain.adapters.gcs import GcsStateStore
 from retrain.adapters.vertex import VertexTraining
@@ -120,43 +119,6 @@ def trained_model_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return model
 
 
-class Webhook:
-    """A real HTTP server standing in for Slack/Chat; `fail_next` answers 503s first."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.fail_next = 0
-        self._lock = threading.Lock()
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with hook._lock:
-                    failing = hook.fail_next > 0
-                    hook.fail_next -= 1 if failing else 0
-                    if not failing:
-                        hook.received.append(json.loads(body))
-                self.send_response(503 if failing else 200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook/secret-token"
-
-    def texts(self) -> list[str]:
-        with self._lock:
-            return [item["text"] for item in self.received]
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 class JobCloud:
     """One isolated world for the job-events function."""
 
@@ -201,7 +163,8 @@ class JobCloud:
             models=LocalModelRuntime(self.logs, commands, runtime_env, startup_timeout=60),
             logs=self.logs,
         ).start()
-        self.webhook = Webhook()
+        # A secret-looking URL path: the test checks that the URL is never logged.
+        self.webhook = WebhookSink(route="/hook/secret-token").start()
         self.log_path = tmp / "job-events.log"
         self.function = FunctionServer(
             "on_job_event",
