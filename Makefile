@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 REQS   := requirements.txt functions/requirements.txt trainer/requirements.txt \
           trainer/requirements-serving.txt pyproject.toml
 
-.PHONY: demo test check lint typecheck bench clean
+.PHONY: demo test check lint typecheck bench clean trainer-package
 
 $(STAMP): $(REQS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,5 +40,10 @@ check: lint typecheck test
 bench: $(STAMP)
 	$(PY) -m tests.bench
 
+# The trainer as a Python package for Google's prebuilt training containers:
+# dist/retrain_trainer-<version>.tar.gz (Terraform uploads it to the artifacts bucket).
+trainer-package: $(STAMP)
+	$(PY) -m trainer.package --out dist
+
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .localcloud .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .localcloud .mypy_cache .ruff_cache dist

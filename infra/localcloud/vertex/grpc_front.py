@@ -36,6 +36,7 @@ SERVICES = (
     ("ModelService", "model_service"),
     ("EndpointService", "endpoint_service"),
     ("PredictionService", "prediction_service"),
+    ("PipelineService", "pipeline_service"),
 )
 _PACKAGE = "google.cloud.aiplatform.v1"
 # The long-running operations every service shares; transcoded with the HTTP rules the

@@ -85,13 +85,31 @@ def validate_custom_job(job: Any) -> None:
             raise invalid(f"{where}.machine_spec.machine_type is required")
         if pool.replica_count < 1:
             raise invalid(f"{where}.replica_count must be at least 1, got {pool.replica_count}")
-        if not pool.container_spec.image_uri:
-            raise invalid(f"{where}.container_spec.image_uri is required")
+        package = pool.python_package_spec
+        if package.executor_image_uri or package.package_uris or package.python_module:
+            _validate_package(package, f"{where}.python_package_spec")
+        elif not pool.container_spec.image_uri:
+            raise invalid(
+                f"{where}.container_spec.image_uri is required "
+                "(or a python_package_spec with executor_image_uri)"
+            )
     if pools[0].replica_count != 1:
         raise invalid(
             "CustomJob.job_spec.worker_pool_specs[0] is the chief and must have "
             f"replica_count 1, got {pools[0].replica_count}"
         )
+
+
+def _validate_package(package: Any, where: str) -> None:
+    if not package.executor_image_uri:
+        raise invalid(f"{where}.executor_image_uri is required")
+    if not package.package_uris:
+        raise invalid(f"{where}.package_uris must name at least one package")
+    for uri in package.package_uris:
+        if not uri.startswith("gs://") or "/" not in uri.removeprefix("gs://").strip("/"):
+            raise invalid(f"{where}.package_uris: {uri!r} is not a gs://bucket/object URI")
+    if not package.python_module:
+        raise invalid(f"{where}.python_module is required")
 
 
 class JobService:

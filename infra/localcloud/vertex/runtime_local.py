@@ -35,6 +35,7 @@ from localcloud.logstore import LogEntry, LogStore, job_log_entry, now_rfc3339
 from localcloud.procs import ChildRecords, free_port, port_is_open, wait_until
 from localcloud.supervisor import Supervisor
 from localcloud.vertex.images import ImageCommands, UnmappedImage
+from localcloud.vertex.packages import PackageInstaller
 from localcloud.vertex.runtime import DeployedServer, JobUpdate
 
 __all__ = [
@@ -253,10 +254,14 @@ class ReplicaPlan:
 
 
 def plan_replicas(
-    job_id: str, spec: aiplatform_v1.CustomJobSpec, commands: ImageCommands
+    job_id: str,
+    spec: aiplatform_v1.CustomJobSpec,
+    commands: ImageCommands,
+    packages: PackageInstaller | None = None,
 ) -> list[ReplicaPlan]:
     """The job's replicas in rank order (the chief, worker pool 0, is rank 0). Raises
-    LocalCloudError when the job cannot run here (no replicas, unmapped image...)."""
+    LocalCloudError when the job cannot run here (no replicas, unmapped image, packages
+    that do not install...)."""
     pools = [(i, pool) for i, pool in enumerate(spec.worker_pool_specs) if pool.replica_count]
     if not pools or pools[0][0] != 0:
         raise LocalCloudError(
@@ -275,28 +280,55 @@ def plan_replicas(
         "WORLD_SIZE": str(len(slots)),
     }
     plans = []
+    installed: dict[tuple[str, ...], str] = {}  # one install per package set and job
     for rank, (i, index) in enumerate(slots):
         pool = spec.worker_pool_specs[i]
-        container = pool.container_spec
-        if not container.image_uri:
-            raise LocalCloudError(
-                f"worker pool {i} has no container_spec.image_uri: localcloud runs custom"
-                " containers only (python_package_spec is not supported)"
-            )
+        image_uri, argv, container_env = _pool_command(i, pool, commands, packages, installed)
         plans.append(
             ReplicaPlan(
                 pool=i,
                 index=index,
                 rank=rank,
-                image_uri=container.image_uri,
-                argv=tuple(commands.argv(container.image_uri, container.command, container.args)),
-                container_env={item.name: item.value for item in container.env},
+                image_uri=image_uri,
+                argv=argv,
+                container_env=container_env,
                 platform_env=shared | _cluster_env(cluster, i, index) | {"RANK": str(rank)},
                 accelerator_count=pool.machine_spec.accelerator_count,
                 accelerator_type=pool.machine_spec.accelerator_type.name,
             )
         )
     return plans
+
+
+def _pool_command(
+    i: int,
+    pool: aiplatform_v1.WorkerPoolSpec,
+    commands: ImageCommands,
+    packages: PackageInstaller | None,
+    installed: dict[tuple[str, ...], str],
+) -> tuple[str, tuple[str, ...], dict[str, str]]:
+    """(image, argv, the container's env) of a pool: its container's command, or for a
+    python_package_spec `python -m <python_module> <args>` with the packages installed."""
+    package = pool.python_package_spec
+    if package.executor_image_uri:
+        if packages is None:
+            raise LocalCloudError(
+                f"worker pool {i} has a python_package_spec, but this runtime installs no packages"
+            )
+        key = (package.executor_image_uri, *package.package_uris)
+        if key not in installed:
+            python = commands.executor_python(package.executor_image_uri)
+            installed[key] = packages.interpreter(python, list(package.package_uris))
+        argv = (installed[key], "-m", package.python_module, *package.args)
+        return package.executor_image_uri, argv, {item.name: item.value for item in package.env}
+    container = pool.container_spec
+    if not container.image_uri:
+        raise LocalCloudError(
+            f"worker pool {i} has neither container_spec.image_uri nor"
+            " python_package_spec.executor_image_uri"
+        )
+    argv = tuple(commands.argv(container.image_uri, container.command, container.args))
+    return container.image_uri, argv, {item.name: item.value for item in container.env}
 
 
 def _output_env(spec: aiplatform_v1.CustomJobSpec) -> dict[str, str]:
@@ -477,9 +509,14 @@ class LocalJobRuntime:
         *,
         stop_grace: float = 5.0,
         children: ChildRecords | None = None,
+        packages: PackageInstaller | None = None,
     ) -> None:
         self._project, self._logs, self._state_dir = project, logs, state_dir
         self._commands, self._env, self._stop_grace = commands, dict(env), stop_grace
+        # python_package_spec environments, cached across jobs (and restarts).
+        self._packages = packages or PackageInstaller(
+            Path(state_dir) / "packages", {**os.environ, **self._env}
+        )
         self._children = children
         self._gpus = _GpuPool(detect_gpus() if gpus is None else gpus)
         self._jobs: dict[str, _Job] = {}
@@ -554,7 +591,7 @@ class LocalJobRuntime:
 
     def _run(self, job: _Job) -> JobUpdate:
         try:
-            plans = plan_replicas(job.job_id, job.spec, self._commands)
+            plans = plan_replicas(job.job_id, job.spec, self._commands, self._packages)
         except LocalCloudError as err:
             return JobUpdate(FAILED, str(err))
         log_path = self._state_dir / "jobs" / job.job_id / "replicas.log"
