@@ -25,6 +25,11 @@ output "config_uri" {
   value       = local.config_uri
 }
 
+output "trainer_package_uri" {
+  description = "Where Terraform uploaded the trainer package (training.package_uris); null without var.trainer_package."
+  value       = var.trainer_package == null ? null : "gs://${google_storage_bucket.artifacts.name}/${google_storage_bucket_object.trainer_package[0].name}"
+}
+
 output "image_registry" {
   description = "Artifact Registry path of the trainer and serving images."
   value       = local.image_registry

@@ -111,6 +111,18 @@ resource "google_storage_bucket_object" "pipelines_config" {
   content_type = "application/toml"
 }
 
+# Optional: the trainer as a Python package (`make trainer-package` builds
+# dist/retrain_trainer-<version>.tar.gz), for pipelines that run it on Google's prebuilt
+# PyTorch container (training.package_uris): a deployment without a trainer image build.
+resource "google_storage_bucket_object" "trainer_package" {
+  count = var.trainer_package == null ? 0 : 1
+
+  bucket       = google_storage_bucket.artifacts.name
+  name         = "packages/${basename(var.trainer_package)}"
+  source       = var.trainer_package
+  content_type = "application/gzip"
+}
+
 resource "google_artifact_registry_repository" "images" {
   repository_id = "retrain"
   location      = var.region

@@ -42,6 +42,12 @@ variable "pipelines_config" {
   default     = null
 }
 
+variable "trainer_package" {
+  description = "Local path of the trainer package `make trainer-package` builds (dist/retrain_trainer-<version>.tar.gz), uploaded to gs://<artifacts bucket>/packages/ for the config's training.package_uris; null leaves the upload to you."
+  type        = string
+  default     = null
+}
+
 variable "log_level" {
   description = "LOG_LEVEL of both functions."
   type        = string

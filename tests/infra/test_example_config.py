@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 
 from tests.infra.terraform import TERRAFORM_DIR, Module, load_hcl
+from trainer.package import project_version
 
 EXAMPLE = TERRAFORM_DIR / "pipelines.example.toml"
+PREBUILT_PYTORCH = "us-docker.pkg.dev/vertex-ai/training/pytorch-gpu."
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,18 @@ def names(module: Module) -> dict[str, str]:
         "state": bucket("state"),
         "registry": f"{region}-docker.pkg.dev/{project}/{repository}",
         "trainer": f"{trainer}@{project}.iam.gserviceaccount.com",
+        "trainer_package": trainer_package_uri(module, bucket("artifacts"), tfvars),
     }
+
+
+def trainer_package_uri(module: Module, bucket: str, tfvars: dict[str, Any]) -> str:
+    """Where Terraform puts the package tfvars names: the file `make trainer-package`
+    builds for this version."""
+    package = tfvars["trainer_package"]
+    assert package == f"../../dist/retrain_trainer-{project_version()}.tar.gz"
+    name = module.resource("google_storage_bucket_object.trainer_package")["name"]
+    assert name == "packages/${basename(var.trainer_package)}"
+    return f"gs://{bucket}/packages/{package.rsplit('/', 1)[-1]}"
 
 
 def test_example_passes_the_functions_config_validation() -> None:
@@ -60,7 +73,13 @@ def test_example_names_the_deployed_resources(
     assert example["guards"]["allowed_buckets"] == [names["landing"]]
     for name, pipeline in example["pipelines"].items():
         assert pipeline["bucket"] == names["landing"], name
-        assert pipeline["training"]["image_uri"] == f"{names['registry']}/trainer:latest"
+        training = pipeline["training"]
+        if "image_uri" in training:
+            assert training["image_uri"] == f"{names['registry']}/trainer:latest"
+        else:  # the trainer package Terraform uploads, on Google's prebuilt PyTorch image
+            assert training["executor_image_uri"].startswith(PREBUILT_PYTORCH)
+            assert training["package_uris"] == [names["trainer_package"]]
+            assert training["python_module"] == "trainer.task"
         assert pipeline["training"]["service_account"] == names["trainer"]
         assert pipeline["deploy"]["serving_image_uri"] == f"{names['registry']}/serving:latest"
         assert pipeline["notify"]["pubsub_topic"] == (
