@@ -162,6 +162,7 @@ def test_submitted_job_carries_the_configured_shape(cloud: Cloud):
             "--label=churned",
             "--epochs=20",
             f"--data-uri=gs://{cloud.landing}/churn/x/",
+            f"--data-manifest=gs://{cloud.artifacts}/runs/churn/{run_id}/inputs.jsonl",
             "--batch_size=256",
             "--lr=0.01",
         ]
@@ -170,6 +171,31 @@ def test_submitted_job_carries_the_configured_shape(cloud: Cloud):
     assert spec.scheduling.timeout.total_seconds() == 14400
     assert spec.scheduling.restart_job_on_worker_restart
     assert spec.service_account == "trainer@acme-ml.iam.gserviceaccount.com"
+    # The manifest was written before the job: the objects under the data URI, pinned.
+    manifest = cloud.gcs_client.bucket(cloud.artifacts).blob(f"runs/churn/{run_id}/inputs.jsonl")
+    assert manifest.exists()
+
+
+def test_a_data_objects_generations_are_pinned_in_the_manifest(cloud: Cloud):
+    blob = cloud.gcs_client.bucket(cloud.landing).blob("churn/pinned/part-0.csv")
+    blob.upload_from_string("a,churned\n1,0\n")
+    request = cloud.message({"pipeline": "churn", "data_uri": f"gs://{cloud.landing}/churn/pinned/"},
+                            "req-pinned")  # fmt: skip
+    assert cloud.post(*request) == 200
+    (job,) = cloud.jobs()
+    run_id = job.labels["retrain-run"]
+    text = (
+        cloud.gcs_client.bucket(cloud.artifacts)
+        .blob(f"runs/churn/{run_id}/inputs.jsonl")
+        .download_as_text()
+    )
+    assert [json.loads(line) for line in text.splitlines()] == [
+        {
+            "uri": f"gs://{cloud.landing}/churn/pinned/part-0.csv",
+            "generation": str(blob.generation),
+            "size": blob.size,
+        }
+    ]
 
 
 def test_hostile_requests_are_refused_naming_the_field_with_no_job(cloud: Cloud):
