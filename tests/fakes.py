@@ -123,10 +123,13 @@ class MemoryStateStore:
                 if key.startswith(prefix)
             ]
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, generation: int | None = None) -> bool:
         with self._lock:
             self.calls += 1
+            if generation is not None and key in self._items and self._items[key][1] != generation:
+                return False
             self._items.pop(key, None)
+            return True
 
     def keys(self, prefix: str = "") -> list[str]:
         return [k for k in sorted(self._items) if k.startswith(prefix)]

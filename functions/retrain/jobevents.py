@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,7 @@ from retrain.config import Config, Pipeline
 from retrain.errors import ConfigError, InvalidEvent, PermanentError, TransientError
 from retrain.events import Event, JobEnded, Tick, Unhandled
 from retrain.gate import deploy_split, judge, read_metric, without
+from retrain.heartbeat import Heartbeat
 from retrain.jobspec import PIPELINE_LABEL, RUN_LABEL, build_job, label_value
 from retrain.ledger import JobLedger, Ledger, iso, parse_iso, plan_from_record
 from retrain.logs import Logger
@@ -57,10 +59,15 @@ from retrain.ports import (
     VersionSpec,
     job_name,
 )
+from retrain.slots import Slots
 
 CHAMPION = "champion"
 ATTEMPT_LABEL = "retrain-attempt"  # 1, 2, … on jobs resubmitted with a fallback machine
-LEASE = timedelta(minutes=10)  # how long one delivery may hold a job end before takeover
+# How long one delivery holds a job end without a sign of life: a heartbeat renews it every
+# HEARTBEAT_S while the work goes on (a deploy can take many minutes), so a crashed
+# delivery's job end is taken over within a minute and a slow one keeps its own.
+LEASE = timedelta(seconds=45)
+HEARTBEAT_S = 15.0
 RECONCILE_WINDOW = timedelta(days=7)  # ticks look at jobs that ended this recently
 LOG_TAIL_LINES = 20
 SMOKE_TRIES_PER_PERCENT = 500  # a canary's smoke test: ~500/percent predictions at most
@@ -103,6 +110,9 @@ class _Handling:
     log: Logger
     changes: dict[str, Any] = field(default_factory=dict)
     trial: Trial | None = None  # a tuning job's best trial, whose model is judged
+    # Steps and the heartbeat both compare-and-swap the claim: one at a time.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    finished: bool = False
 
     @property
     def data_uri(self) -> str | None:
@@ -144,10 +154,12 @@ class JobEvents:
         log: Logger,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
+        heartbeat_s: float = HEARTBEAT_S,
     ):
         self._config = config
         self._ledger = ledger
         self._training = training
+        self._heartbeat = Heartbeat(heartbeat_s)
         self._registry = registry
         self._endpoints = endpoints
         self._blobs = blobs
@@ -209,17 +221,25 @@ class JobEvents:
             return Outcome("duplicate", "already handled", run_id, job.name)
         record = self._ledger(config).read_run(pipeline.name, run_id)
         handling = _Handling(config, pipeline, job, run_id, record, claim, log)
-        try:
-            outcome = self._dispatch(handling)
-        except (TransientError, ConfigError):
-            # Release the lease so that the redelivery may take over at once.
-            self._step(handling, {"lease_until": None}, strict=False)
-            raise
-        except PermanentError as err:
-            # Kept leased: a tick retries after the lease, not in a storm.
-            self._step(handling, {"error": str(err)}, strict=False)
-            raise
+        if not self._continues(handling):
+            # The job's GPUs are free: so is its run's concurrency slot (see slots.py).
+            # Before "done", so that a crash in between leaves it to the redelivery.
+            slot = record.doc.get("slot") if record else None
+            if Slots(jobs.store).release(pipeline.name, slot, run_id, self._clock()):
+                log.info("concurrency slot released", slot=slot)
+        with self._heartbeat.keep(lambda: self._renew(handling)):
+            try:
+                outcome = self._dispatch(handling)
+            except (TransientError, ConfigError):
+                # Release the lease so that the redelivery may take over at once.
+                self._step(handling, {"lease_until": None}, strict=False)
+                raise
+            except PermanentError as err:
+                # Kept leased: a tick retries after the lease, not in a storm.
+                self._step(handling, {"error": str(err)}, strict=False)
+                raise
         self._step(handling, {"step": "done", "outcome": outcome.action, "error": None})
+        handling.finished = True  # a beat still in flight leaves the record alone
         jobs.mark_done(pipeline.name, job.job_id, outcome.action)
         self._record_outcome(handling, outcome)
         log.info(f"job end handled: {outcome.action}", detail=outcome.detail)
@@ -248,15 +268,40 @@ class JobEvents:
         return taken
 
     def _step(self, h: _Handling, changes: Mapping[str, Any], *, strict: bool = True) -> None:
-        """Record progress in the handling record; losing it means another delivery took
-        the job over (this one outlived its lease), so stop."""
+        """Record progress in the handling record (renewing the lease); losing it means
+        another delivery took the job over (this one outlived its lease), so stop."""
         jobs = self._jobs(h.config)
-        updated = jobs.update_handling(h.pipeline.name, h.job.job_id, h.claim, changes)
-        if updated is None:
-            if strict:
-                raise TransientError(f"job {h.job.job_id}: handling was taken over")
-            return
-        h.claim = updated
+        with h.lock:
+            renewed = {"lease_until": iso(self._clock() + LEASE), **changes}
+            updated = jobs.update_handling(h.pipeline.name, h.job.job_id, h.claim, renewed)
+            if updated is not None:
+                h.claim = updated
+        if updated is None and strict:
+            raise TransientError(f"job {h.job.job_id}: handling was taken over")
+
+    def _renew(self, h: _Handling) -> None:
+        """The heartbeat's renewal of the lease while this delivery works on the job end."""
+        with h.lock:
+            if h.finished:
+                return
+            lease = {"lease_until": iso(self._clock() + LEASE)}
+            try:
+                updated = self._jobs(h.config).update_handling(
+                    h.pipeline.name, h.job.job_id, h.claim, lease
+                )
+            except (TransientError, PermanentError) as err:
+                h.log.warning("lease not renewed", error=str(err))
+                return
+            if updated is not None:  # else taken over: the next step finds out and stops
+                h.claim = updated
+
+    def _continues(self, h: _Handling) -> bool:
+        """Whether the run goes on with a new job (out of capacity, a fallback machine
+        left): it keeps its concurrency slot then."""
+        if h.job.state in (SUCCEEDED, CANCELLED) or h.record is None:
+            return False
+        attempt = int(h.job.labels.get(ATTEMPT_LABEL, "0") or 0)
+        return is_stockout(h.job.error_message) and attempt < len(h.pipeline.training.fallback)
 
     def _is_trial(self, config: Config, pipeline: Pipeline, run_id: str) -> bool:
         """Whether a CustomJob carrying a run's labels is a trial of that run's tuning job

@@ -13,7 +13,11 @@ allows about one write per second to a single object name):
     batches/<pipeline>.json                         quiet mode: names the run that took the
                                                     last batch; the next run's id derives
                                                     from it (written once per batch)
-    pipelines/<pipeline>/last-submit.json           for cooldowns
+    pipelines/<pipeline>/last-submit.json           for cooldowns: the run that took the
+                                                    window, reserved (compare-and-swap)
+                                                    before its job is submitted
+    slots/<pipeline>/<index>                        max_concurrent_jobs: one per running
+                                                    job (see slots.py)
 
 Kept by the job-events function:
 
@@ -32,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from retrain.planner import Pending, RunPlan
@@ -150,6 +154,31 @@ class Ledger:
     def last_submit(self, pipeline: str) -> datetime | None:
         stored = self.store.read(f"pipelines/{pipeline}/last-submit.json")
         return parse_iso(stored.doc.get("at")) if stored else None
+
+    def last_submit_of(self, pipeline: str) -> tuple[datetime | None, str | None]:
+        """When the pipeline's last run was submitted (or reserved its window), and which."""
+        stored = self.store.read(f"pipelines/{pipeline}/last-submit.json")
+        if stored is None:
+            return None, None
+        return parse_iso(stored.doc.get("at")), stored.doc.get("run_id")
+
+    def reserve_cooldown(
+        self, pipeline: str, run_id: str, now: datetime, cooldown: timedelta
+    ) -> bool:
+        """Take the pipeline's cooldown window for `run_id` before its job is submitted: a
+        compare-and-swap on the last-submit record, so of concurrent runs that all found
+        the cooldown over, one submits and the others wait. True when `run_id` holds it."""
+        key = f"pipelines/{pipeline}/last-submit.json"
+        doc = {"at": iso(now), "run_id": run_id}
+        stored = self.store.read(key)
+        if stored is None:
+            return self.store.create(key, doc) is not None
+        if stored.doc.get("run_id") == run_id:
+            return True
+        at = parse_iso(stored.doc.get("at"))
+        if at is not None and now - at < cooldown:
+            return False
+        return self.store.replace(key, doc, generation=stored.generation) is not None
 
     def set_last_submit(self, pipeline: str, run_id: str, now: datetime) -> None:
         key = f"pipelines/{pipeline}/last-submit.json"

@@ -52,8 +52,9 @@ class StateStore(Protocol):
 
     def list(self, prefix: str) -> list[Listed]: ...
 
-    def delete(self, key: str) -> None:
-        """Delete `key`; a missing key is not an error."""
+    def delete(self, key: str, *, generation: int | None = None) -> bool:
+        """Delete `key` (only while it is at `generation`, when given); a missing key is
+        not an error. False when the precondition failed."""
 
 
 class Blobs(Protocol):

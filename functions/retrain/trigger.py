@@ -8,6 +8,11 @@ Idempotency, step by step (keys in parentheses):
   through the job's `retrain-run` label (a crash after CreateCustomJob), taken over when its
   claim was released or went stale, or retried later while another delivery holds it.
 * waiting runs (`open/<pipeline>/<run_id>`) are submitted by ticks, never dropped.
+* `guards.max_concurrent_jobs`: a run holds a slot (`slots/<pipeline>/<index>`, atomic
+  create, see slots.py) before its job is created, and the job-events function frees it
+  when the job ends; cooldown: the run takes the window on `last-submit.json` with a
+  compare-and-swap before submitting. Counting active jobs and then submitting let two
+  concurrent deliveries both count 0.
 * a quiet batch (`batches/<pipeline>.json`): its run id derives from the run that took the
   previous batch, not from the pending objects a tick lists, so ticks that overlap a long
   flush plan the same run and lose its claim; the record moves on once the run's objects
@@ -27,7 +32,7 @@ from retrain.errors import InvalidRequest, TransientError
 from retrain.events import Event, MalformedRequest, ObjectFinalized, RetrainRequested, Tick
 from retrain.inputs import covered_objects, gone, manifest_text, manifest_uri, parse_manifest
 from retrain.jobevents import CHAMPION, resource_id
-from retrain.jobspec import PIPELINE_LABEL, RUN_LABEL, base_output_directory, build_job, label_value
+from retrain.jobspec import RUN_LABEL, base_output_directory, build_job, label_value
 from retrain.ledger import (
     CLAIMED,
     SUBMITTED,
@@ -41,6 +46,7 @@ from retrain.ledger import (
 from retrain.logs import Logger
 from retrain.notifying import announce_rejection
 from retrain.planner import (
+    Admit,
     Ignore,
     Record,
     Reject,
@@ -53,7 +59,8 @@ from retrain.planner import (
     plan_request,
     rerun_plan,
 )
-from retrain.ports import DataObjects, JobInfo, ModelRegistry, Notifier, Stored, TrainingService
+from retrain.ports import DataObjects, ModelRegistry, Notifier, Stored, TrainingService
+from retrain.slots import Slots
 
 CLAIM_LEASE = timedelta(seconds=120)  # a claim older than this without a job is abandoned
 DUPLICATE_WAIT_S = (0.2, 0.4, 0.8)  # how a duplicate waits for the claimant to finish
@@ -197,8 +204,13 @@ class Trigger:
                 flushed = self._flush_quiet(pipeline, config)
                 if flushed is not None:
                     outcomes.append(flushed)
+            full = False  # once a waiting run found no free slot, the others would too
             for run_id in ledger.open_runs(pipeline.name):
-                outcomes.append(self._resume(pipeline, run_id, config))
+                outcome = self._resume(pipeline, run_id, config, skip_waiting=full)
+                full = full or (
+                    outcome.action == "waiting" and "max_concurrent_jobs" in outcome.detail
+                )
+                outcomes.append(outcome)
         return outcomes
 
     def _flush_quiet(self, pipeline: Pipeline, config: Config) -> Outcome | None:
@@ -298,23 +310,32 @@ class Trigger:
         log = self._log.bind(pipeline=pipeline.name, run_id=run_id)
         training = self._training(config)
         current = Stored(record, generation, self._clock())
-        active: list[JobInfo] = []
-        if config.guards.max_concurrent_jobs is not None:
-            active = [
-                job
-                for job in training.find(
-                    {PIPELINE_LABEL: label_value(pipeline.name)}, active_only=True
-                )
-                if job.labels.get(RUN_LABEL) != label_value(run_id)
-            ]
         cooldown = pipeline.cooldown_seconds > 0
+        last_at, last_run = ledger.last_submit_of(pipeline.name) if cooldown else (None, None)
         decision = admit(
             pipeline,
             config,
-            active_jobs=len(active),
-            last_submit_at=ledger.last_submit(pipeline.name) if cooldown else None,
+            active_jobs=0,
+            # The window this run took itself (before a retried submit) does not hold it back.
+            last_submit_at=last_at if last_run != run_id else None,
             now=self._clock(),
         )
+        cap = config.guards.max_concurrent_jobs
+        slot: int | None = None
+        if isinstance(decision, Admit) and cap is not None:
+            slot, decision = self._take_slot(pipeline, record, cap, config)
+        if (
+            isinstance(decision, Admit)
+            and cooldown
+            and not ledger.reserve_cooldown(
+                pipeline.name,
+                run_id,
+                self._clock(),
+                timedelta(seconds=pipeline.cooldown_seconds),
+            )
+        ):
+            Slots(ledger.store).release(pipeline.name, slot, run_id, self._clock())
+            decision = Wait("cooldown: another run of the pipeline has just taken the window")
         if isinstance(decision, Wait):
             if record.get("status") != WAITING or record.get("wait_reason") != decision.reason:
                 ledger.update_run(
@@ -333,7 +354,10 @@ class Trigger:
             # Release the claim so that the redelivery may take over at once (it looks
             # the job up by label first, in case the failed call did create it).
             ledger.update_run(
-                pipeline.name, run_id, current, {"status": CLAIMED, "claimed_at": None}
+                pipeline.name,
+                run_id,
+                current,
+                {"status": CLAIMED, "claimed_at": None, "slot": slot},
             )
             raise
         now = self._clock()
@@ -346,6 +370,7 @@ class Trigger:
                 "job_name": job.name,
                 "submitted_at": iso(now),
                 "wait_reason": None,
+                "slot": slot,  # the job-events function frees it when the job ends
                 "data_manifest": plan.data_manifest,
                 "champion_model_dir": plan.champion_model_dir,
             },
@@ -355,6 +380,60 @@ class Trigger:
         ledger.close(pipeline.name, run_id)
         log.info("job submitted", job_name=job.name, display_name=spec.display_name)
         return Outcome("submitted", spec.display_name, run_id, job.name)
+
+    def _take_slot(
+        self, pipeline: Pipeline, record: dict[str, Any], cap: int, config: Config
+    ) -> tuple[int | None, Admit | Wait]:
+        """Hold one of the pipeline's `cap` slots for the run (see slots.py): the one its
+        record names if it still holds it (a retried submit), else a free one."""
+        slots = Slots(self._ledger(config).store)
+        run_id = record["run_id"]
+        held = record.get("slot")
+        if (
+            isinstance(held, int)
+            and held < cap
+            and slots.renew(pipeline.name, held, run_id, self._clock())
+        ):
+            return held, Admit()
+        taken = slots.taken(pipeline.name)
+        if len([i for i in taken if i < cap]) >= cap and self._free_stale(pipeline, slots, config):
+            taken = slots.taken(pipeline.name)
+        for index in [i for i in range(cap) if i not in taken]:
+            if slots.create(pipeline.name, index, run_id, self._clock()):
+                return index, Admit()
+        held_now = len([i for i in slots.taken(pipeline.name) if i < cap])
+        decision = admit(pipeline, config, active_jobs=max(held_now, cap), last_submit_at=None,
+                         now=self._clock())  # fmt: skip
+        return None, decision
+
+    def _free_stale(self, pipeline: Pipeline, slots: Slots, config: Config) -> bool:
+        """Free the slots claimed longer ago than the run claim's lease whose run never got
+        a job (the claimant crashed before CreateCustomJob), or whose submitted run records
+        another slot (it crashed between a claim and its record). A slot whose job exists
+        is freed by the job-events function when the job ends."""
+        freed = False
+        training = self._training(config)
+        ledger = self._ledger(config)
+        for holder in slots.holders(pipeline.name):
+            claimed_at = holder.claimed_at
+            if claimed_at is not None and self._clock() - claimed_at < CLAIM_LEASE:
+                continue
+            if holder.run_id and training.find({RUN_LABEL: label_value(holder.run_id)}):
+                run = ledger.read_run(pipeline.name, holder.run_id)
+                recorded = run.doc.get("slot") if run else None
+                if run is None or run.doc.get("status") != SUBMITTED or recorded is None:
+                    continue
+                if recorded == holder.index:
+                    continue
+            if slots.free(pipeline.name, holder, self._clock()):
+                self._log.warning(
+                    "freed a concurrency slot whose run holds no job on it",
+                    pipeline=pipeline.name,
+                    run_id=holder.run_id,
+                    slot=holder.index,
+                )
+                freed = True
+        return freed
 
     def _pin_inputs(
         self, pipeline: Pipeline, plan: RunPlan, record: dict[str, Any], config: Config
@@ -424,13 +503,17 @@ class Trigger:
             return Outcome("duplicate", "waiting", run_id)
         return self._recover(pipeline, stored, config)
 
-    def _resume(self, pipeline: Pipeline, run_id: str, config: Config) -> Outcome:
+    def _resume(
+        self, pipeline: Pipeline, run_id: str, config: Config, skip_waiting: bool = False
+    ) -> Outcome:
         ledger = self._ledger(config)
         stored = ledger.read_run(pipeline.name, run_id)
         if stored is None or stored.doc.get("status") == SUBMITTED:
             ledger.close(pipeline.name, run_id)
             return Outcome("duplicate", "already submitted", run_id)
         if stored.doc.get("status") == WAITING:
+            if skip_waiting:
+                return Outcome("waiting", str(stored.doc.get("wait_reason") or ""), run_id)
             return self._admit_and_submit(pipeline, stored.doc, stored.generation, config)
         try:
             return self._recover(pipeline, stored, config)
@@ -446,11 +529,20 @@ class Trigger:
         jobs = self._training(config).find({RUN_LABEL: label_value(run_id)})
         if jobs:
             job = sorted(jobs, key=lambda j: j.name)[0]
+            # The slot the interrupted delivery claimed, for the job-events function to free.
+            slot = stored.doc.get("slot")
+            if slot is None:
+                slot = Slots(ledger.store).held_by(pipeline.name, run_id)
             ledger.update_run(
                 pipeline.name,
                 run_id,
                 stored,
-                {"status": SUBMITTED, "job_name": job.name, "submitted_at": iso(self._clock())},
+                {
+                    "status": SUBMITTED,
+                    "job_name": job.name,
+                    "submitted_at": iso(self._clock()),
+                    "slot": slot,
+                },
             )
             if pipeline.cooldown_seconds:
                 ledger.set_last_submit(pipeline.name, run_id, self._clock())

@@ -2,12 +2,16 @@
 
 Put it between a function and an emulator (STORAGE_EMULATOR_HOST, VERTEX_API_ENDPOINT;
 `GrpcFaultProxy` for VERTEX_EMULATOR_HOST) to make chosen requests answer 503/429 or fail after the upstream did the work — the
-crash between two steps that idempotency must survive."""
+crash between two steps that idempotency must survive. `Chaos` does the same at random
+(seeded) to a share of all calls: sustained faults rather than chosen ones."""
 
 from __future__ import annotations
 
 import http.client
+import random
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,12 +34,53 @@ class Rule:
     hits: int = 0
 
 
+# What Chaos injects: an error answer without forwarding (503, 429), the connection dropped
+# without an answer, a stall then a drop (the client's view of a timeout), or the request
+# forwarded and applied and then answered 503 (the reply lost after the work was done).
+CHAOS_KINDS = ("503", "429", "drop", "stall", "after")
+
+
+@dataclass
+class Chaos:
+    """Seeded random faults on a share (`rate`) of the calls that `match`."""
+
+    rate: float
+    seed: int = 0
+    kinds: tuple[str, ...] = CHAOS_KINDS
+    match: Match = lambda _m, _p, _b: True
+    stall_s: float = 1.0
+    injected: Counter[str] = field(default_factory=Counter)
+    seen: int = 0  # calls that matched
+    _random: random.Random = field(init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    def draw(self, method: str, path: str, body: bytes) -> str | None:
+        """The fault for this call, or None to relay it untouched."""
+        if not self.match(method, path, body):
+            return None
+        with self._lock:
+            self.seen += 1
+            if self._random.random() >= self.rate:
+                return None
+            kind = self._random.choice(self.kinds)
+            self.injected[kind] += 1
+            return kind
+
+    @property
+    def total(self) -> int:
+        return sum(self.injected.values())
+
+
 @dataclass
 class FaultProxy:
     upstream: str  # http://host:port
     rules: list[Rule] = field(default_factory=list)
     port: int = 0
     requests: int = 0  # requests relayed, for "requests per event" measurements
+    chaos: Chaos | None = None
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -93,6 +138,19 @@ class FaultProxy:
                         b'{"error": {"code": %d, "message": "injected"}}' % rule.status,
                         {},
                     )
+                fault = None
+                if rule is None and proxy.chaos is not None:
+                    fault = proxy.chaos.draw(self.command, self.path, body)
+                if fault in ("503", "429"):
+                    status = int(fault)  # type: ignore[arg-type]
+                    return self._reply(
+                        status, b'{"error": {"code": %d, "message": "injected"}}' % status, {}
+                    )
+                if fault in ("drop", "stall"):
+                    if fault == "stall" and proxy.chaos is not None:
+                        time.sleep(proxy.chaos.stall_s)
+                    self.close_connection = True  # no answer at all
+                    return None
                 conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
                 headers = {
                     k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
@@ -107,6 +165,8 @@ class FaultProxy:
                         b'{"error": {"code": %d, "message": "injected"}}' % rule.status,
                         {},
                     )
+                if fault == "after":
+                    return self._reply(503, b'{"error": {"code": 503, "message": "injected"}}', {})
                 passed = {
                     k: v
                     for k, v in upstream.getheaders()
@@ -159,6 +219,7 @@ class GrpcFaultProxy:
     rules: list[Rule] = field(default_factory=list)
     port: int = 0
     requests: int = 0
+    chaos: Chaos | None = None
     _server: Any = None
     _channel: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -187,12 +248,25 @@ class GrpcFaultProxy:
                     rule.hold.wait(timeout=60)
                 if rule is not None and rule.status and not rule.after_upstream:
                     context.abort(getattr(grpc.StatusCode, _GRPC_CODES[rule.status]), "injected")
+                fault = None
+                if rule is None and proxy.chaos is not None:
+                    fault = proxy.chaos.draw("POST", path, data)
+                if fault in ("503", "429"):
+                    code = _GRPC_CODES[int(fault)]  # type: ignore[arg-type]
+                    context.abort(getattr(grpc.StatusCode, code), "injected")
+                if fault in ("drop", "stall"):
+                    if fault == "stall" and proxy.chaos is not None:
+                        time.sleep(proxy.chaos.stall_s)
+                    # What a client sees of a connection lost mid-call.
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "injected: connection lost")
                 try:
                     reply = forward(data, timeout=60)
                 except grpc.RpcError as err:
                     context.abort(err.code(), err.details())
                 if rule is not None and rule.status:
                     context.abort(getattr(grpc.StatusCode, _GRPC_CODES[rule.status]), "injected")
+                if fault == "after":
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "injected after the call applied")
                 return bytes(reply)
 
             return call

@@ -14,6 +14,7 @@ from retrain.errors import InvalidRequest, TransientError
 from retrain.events import ObjectFinalized, RetrainRequested, Tick
 from retrain.ledger import Ledger
 from retrain.logs import Logger
+from retrain.slots import Slots
 from retrain.trigger import Trigger
 from tests.fakes import SAMPLE_CONFIG, FakeTraining, MemoryStateStore
 
@@ -109,6 +110,11 @@ def test_runs_over_the_cap_wait_and_a_later_tick_submits_them():
     first = next(iter(world.training.jobs))
     world.training.set_state(first, "JOB_STATE_SUCCEEDED")
     world.trigger.handle(Tick("t2"))
+    assert len(world.training.jobs) == 2  # its slot is held until the end is handled
+    # The job-events function frees the run's concurrency slot when it sees the end.
+    run_id = world.training.jobs[first].labels["retrain-run"]
+    slot = world.store.doc(f"runs/churn/{run_id}.json")["slot"]
+    assert Slots(world.store).release("churn", slot, run_id, world.now)
     world.trigger.handle(Tick("t3"))
     assert len(world.training.jobs) == 3
     assert world.store.keys("open/") == []

@@ -86,14 +86,22 @@ class GcsStateStore:
             for blob in blobs
         ]
 
-    def delete(self, key: str) -> None:
-        from google.api_core.exceptions import NotFound
+    def delete(self, key: str, *, generation: int | None = None) -> bool:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
 
         with translated(f"delete gs://{self._bucket.name}/{self._name(key)}"):
             try:
-                self._bucket.blob(self._name(key)).delete()
+                # A delete on a generation is not retried by the client: were the first
+                # attempt applied, the retry could meet a newer object of the same name.
+                self._bucket.blob(self._name(key)).delete(
+                    if_generation_match=generation,
+                    **({"retry": None} if generation is not None else {}),
+                )
             except NotFound:
-                return  # already gone: deletes are idempotent
+                return True  # already gone: deletes are idempotent
+            except PreconditionFailed:
+                return False  # rewritten since it was read: someone else's now
+        return True
 
 
 class GcsBlobs:

@@ -1,0 +1,147 @@
+"""Guards hold under races: concurrency slots and the cooldown window are claimed with
+preconditions, the job-events function frees a run's slot when its job ends, and a
+crashed delivery's lease on a job end runs out within a minute."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+
+from retrain.errors import TransientError
+from retrain.events import JobEnded, RetrainRequested, Tick
+from retrain.heartbeat import Heartbeat
+from retrain.jobevents import LEASE
+from retrain.slots import Slots
+from retrain.trigger import CLAIM_LEASE
+from tests.fakes import SAMPLE_CONFIG
+from tests.unit import test_jobevents
+from tests.unit.test_trigger import World
+
+CAPPED_AT_1 = SAMPLE_CONFIG.replace("max_concurrent_jobs = 2", "max_concurrent_jobs = 1")
+
+
+def _deliver(world: World, event: object) -> None:
+    for _ in range(50):
+        try:
+            world.trigger.handle(event)  # type: ignore[arg-type]
+            return
+        except TransientError:
+            continue
+    raise AssertionError("never acknowledged")
+
+
+def _active(world: World, pipeline: str) -> list[str]:
+    return [
+        name
+        for name, job in world.training.jobs.items()
+        if job.labels["retrain-pipeline"] == pipeline and not job.terminal
+    ]
+
+
+def _end_and_release(world: World, name: str, pipeline: str = "churn") -> None:
+    """The job ends and the job-events function frees its run's slot, as it does."""
+    world.training.set_state(name, "JOB_STATE_SUCCEEDED")
+    run_id = world.training.jobs[name].labels["retrain-run"]
+    record = world.store.doc(f"runs/{pipeline}/{run_id}.json")
+    assert Slots(world.store).release(pipeline, record["slot"], run_id, world.now)
+
+
+def test_a_burst_of_requests_never_runs_two_jobs_of_a_pipeline_capped_at_1():
+    world = World(CAPPED_AT_1)
+    requests = [RetrainRequested(f"m{i}", "churn") for i in range(6)]
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(lambda e: _deliver(world, e), requests * 2))  # with duplicates
+    assert len(_active(world, "churn")) == 1
+    assert len(world.training.jobs) == 1
+    for tick in range(12):
+        with ThreadPoolExecutor(4) as pool:  # a tick storm
+            ticks = [Tick(f"t{tick}-{i}") for i in range(4)]
+            list(pool.map(lambda event: _deliver(world, event), ticks))
+        assert len(_active(world, "churn")) <= 1
+        for name in _active(world, "churn"):
+            _end_and_release(world, name)
+    assert len(world.training.jobs) == 6  # every request ran, one at a time
+    assert world.store.keys("open/") == [] and world.store.keys("slots/") == []
+
+
+def test_a_slot_whose_claimant_crashed_before_submitting_is_freed_after_the_claim_lease():
+    world = World(CAPPED_AT_1)
+    assert Slots(world.store).create("churn", 0, "crashed-run", world.now)
+    world.trigger.handle(RetrainRequested("m1", "churn"))
+    assert world.training.jobs == {}  # the slot looks held
+    world.now += CLAIM_LEASE + timedelta(seconds=1)
+    world.trigger.handle(Tick("t1"))
+    (job,) = world.training.jobs.values()
+    assert world.store.doc("slots/churn/0")["run_id"] == job.labels["retrain-run"]
+
+
+def test_concurrent_runs_after_the_cooldown_submit_one_job():
+    world = World()
+    world.trigger.handle(RetrainRequested("first", "clicks"))
+    world.now += timedelta(seconds=601)
+    later = [RetrainRequested(f"later-{i}", "clicks") for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda e: _deliver(world, e), later))
+    assert len(world.training.jobs) == 2
+    for name in _active(world, "clicks"):
+        _end_and_release(world, name, "clicks")
+    world.trigger.handle(Tick("t1"))
+    assert len(world.training.jobs) == 2  # the window the second run took is still on
+    world.now += timedelta(seconds=601)
+    world.trigger.handle(Tick("t2"))
+    assert len(world.training.jobs) == 3
+
+
+def test_the_job_end_frees_the_slot_but_a_capacity_fallback_keeps_it():
+    world = test_jobevents.World()
+    failed = world.job("JOB_STATE_FAILED", error="boom")
+    run_id = failed.labels["retrain-run"]
+    slots = Slots(world.store)
+    assert slots.create("churn", 0, run_id, world.now)
+    world.end(failed)
+    assert world.store.keys("slots/") == []
+
+    stockout = world.job("JOB_STATE_FAILED", error="RESOURCE_EXHAUSTED: stockout")
+    run_id = stockout.labels["retrain-run"]
+    assert slots.create("churn", 1, run_id, world.now)
+    assert world.end(stockout)[0].action == "resubmitted"
+    assert world.store.keys("slots/") == ["slots/churn/1"]  # the run goes on
+
+
+def test_a_crashed_deliverys_lease_is_taken_over_within_a_minute():
+    assert timedelta(minutes=1) >= LEASE
+    world = test_jobevents.World()
+    job = world.job("JOB_STATE_SUCCEEDED", metric=0.93)
+    # A delivery claimed the job end and died: its lease is as fresh as it gets.
+    world.store.create(
+        f"handled/churn/{job.job_id}.json",
+        {"step": "claimed", "lease_until": (world.now + LEASE).isoformat()},
+    )
+    with pytest.raises(TransientError, match="being handled by another delivery"):
+        world.handler.handle(JobEnded("ev-2", job.job_id, "log"))
+    world.now += timedelta(minutes=1)
+    assert world.handler.handle(JobEnded("ev-3", job.job_id, "log"))[0].action == "deployed"
+
+
+def test_the_heartbeat_renews_while_the_work_goes_on_and_stops_after():
+    heartbeat = Heartbeat(0.02)
+    beats: list[float] = []
+    lock = threading.Lock()
+
+    def renew() -> None:
+        with lock:
+            beats.append(time.monotonic())
+
+    with heartbeat.keep(renew):
+        deadline = time.monotonic() + 10
+        while len(beats) < 3:
+            assert time.monotonic() < deadline, "the heartbeat never renewed"
+            time.sleep(0.01)
+    with lock:
+        seen = len(beats)
+    heartbeat.beat()  # what the thread does next: nothing is registered any more
+    assert len(beats) == seen
