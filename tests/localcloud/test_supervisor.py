@@ -342,3 +342,87 @@ def test_leftovers_of_a_killed_localcloud_are_stopped_and_their_records_dropped(
     assert stopped == [f"job 42 replica workerpool0-0 (pid {stray.pid})"]
     assert stray.wait(timeout=WAIT) == -signal.SIGKILL
     assert list(children.directory.iterdir()) == []
+
+
+# ------------------------------------------------------------------ whole-localcloud restarts
+
+RERUNNABLE = """
+import os, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+with (out / "runs").open("a") as runs:
+    runs.write(f"{os.getpid()}\\n")
+# The first run is stopped with localcloud while it waits; the rerun finds `finish`.
+deadline = time.monotonic() + 120
+while not (out / "finish").exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def test_a_job_in_flight_at_down_runs_again_under_its_name_and_ends_once(
+    tmp_path: Path, children: ChildRecords
+) -> None:
+    from localcloud.logstore import LogStore
+    from localcloud.vertex.jobs import RERUN_MESSAGE
+    from localcloud.vertex.runtime_local import LocalJobRuntime
+    from localcloud.vertex.server import VertexServer
+    from retrain.adapters.clients import VertexConnection
+
+    out = tmp_path / "out"
+    out.mkdir()
+    script = tmp_path / "rerunnable.py"
+    script.write_text(textwrap.dedent(RERUNNABLE))
+    commands = ImageCommands(extra={"local/trainer:*": [sys.executable, str(script), str(out)]})
+    logs = LogStore(tmp_path / "logs" / "entries.jsonl")
+
+    def vertex() -> VertexServer:
+        runtime = LocalJobRuntime(
+            "acme", logs, tmp_path / "jobs", commands, {}, gpus=[], children=children
+        )
+        return VertexServer(tmp_path / "vertex", jobs=runtime, logs=logs).start()
+
+    def state(server: VertexServer, name: str) -> int:
+        client = VertexConnection(server.grpc_host, "grpc", emulated=True).client(
+            "JobServiceClient"
+        )
+        return int(client.get_custom_job(name=name).state)
+
+    S = aiplatform_v1.JobState
+    first = vertex()
+    client = VertexConnection(first.grpc_host, "grpc", emulated=True).client("JobServiceClient")
+    job = client.create_custom_job(
+        parent="projects/acme/locations/us-central1",
+        custom_job=aiplatform_v1.CustomJob(
+            display_name="rerun-me",
+            job_spec=aiplatform_v1.CustomJobSpec(
+                worker_pool_specs=[
+                    aiplatform_v1.WorkerPoolSpec(
+                        machine_spec=aiplatform_v1.MachineSpec(machine_type="n1-standard-4"),
+                        replica_count=1,
+                        container_spec=aiplatform_v1.ContainerSpec(image_uri="local/trainer:1"),
+                    )
+                ]
+            ),
+        ),
+    )
+    poll(lambda: state(first, job.name) == S.JOB_STATE_RUNNING, "the job running")
+    poll(lambda: (out / "runs").exists(), "the first run started")
+    first.stop()  # `down` in the middle of the job
+    (out / "finish").write_text("")
+
+    second = vertex()
+    try:
+        poll(lambda: state(second, job.name) == S.JOB_STATE_SUCCEEDED, "the rerun succeeding")
+    finally:
+        second.stop()
+    assert len((out / "runs").read_text().split()) == 2  # started twice, under one name
+    job_id = job.name.rsplit("/", 1)[1]
+    service = [
+        e["jsonPayload"]["message"]
+        for e in logs.entries()
+        if e["resource"]["labels"].get("job_id") == job_id
+        and e["resource"]["labels"]["task_name"] == "service"
+    ]
+    assert service.count(RERUN_MESSAGE) == 1
+    assert service.count("Job completed successfully.") == 1
+    assert not [line for line in service if line.startswith("Job failed")]
