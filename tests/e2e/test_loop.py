@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,42 +16,15 @@ import pytest
 from google.cloud import aiplatform_v1, pubsub_v1
 
 from localcloud.demo.run import make_data, split
-from localcloud.procs import free_port
 from localcloud.runs import load_config, predict, run_records, storage, vertex
 from localcloud.stack import DEMO_CONFIG, Options, Stack
+from localcloud.webhook import WebhookSink
 
 TIMEOUT_S = 240
 
 
-class Webhook:
-    """A local webhook receiver: a real HTTP server recording what it is sent."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                received.append(json.loads(body or b"{}"))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-
 class Loop:
-    def __init__(self, directory: Path, webhook: Webhook):
+    def __init__(self, directory: Path, webhook: WebhookSink):
         config = directory.parent / "pipelines.toml"
         config.write_text(
             DEMO_CONFIG.read_text()
@@ -130,12 +101,13 @@ class Loop:
 
 
 @pytest.fixture(scope="module")
-def webhook() -> Webhook:
-    return Webhook()
+def webhook() -> Iterator[WebhookSink]:
+    with WebhookSink(route="/hook") as receiver:
+        yield receiver
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory: pytest.TempPathFactory, webhook: Webhook) -> Iterator[Loop]:
+def loop(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookSink) -> Iterator[Loop]:
     world = Loop(tmp_path_factory.mktemp("e2e") / "localcloud", webhook)
     yield world
     world.down()
@@ -195,13 +167,13 @@ def test_retrain_request_over_pubsub_does_the_same(loop: Loop) -> None:
 
 
 def test_bad_csv_fails_the_job_and_the_webhook_carries_the_trainer_error(
-    loop: Loop, webhook: Webhook
+    loop: Loop, webhook: WebhookSink
 ) -> None:
     broken = [{"p00": "1", "p01": "x", "digit": "d1"}, {"p00": "2", "p01": "3", "digit": "d2"}]
     uri = loop.drop("broken", [broken])
     note = loop.outcome(_run_id(loop, uri))
     assert note["kind"] == "failed", note
-    texts = [json.dumps(body) for body in webhook.received]
+    texts = [json.dumps(body) for body in webhook.received()]
     assert any("error:" in text and "broken" in text and "failed" in text for text in texts), texts
 
 
