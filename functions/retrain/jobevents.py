@@ -191,10 +191,17 @@ class JobEvents:
         CustomJob (the usual case) is looked up first, then a HyperparameterTuningJob."""
         training = self._training(config)
         project, region = self._project(config), config.defaults.region
+        custom = job_name(project, region, job_id)
         try:
-            return training.get(job_name(project, region, job_id))
+            return training.get(custom)
         except JobNotFound:
+            pass
+        try:
             return training.get(job_name(project, region, job_id, tuning=True))
+        except JobNotFound as err:
+            raise JobNotFound(
+                f"{custom} not found (nor a HyperparameterTuningJob with id {job_id})"
+            ) from err
 
     # one job end -----------------------------------------------------------------------
     def _on_job(self, config: Config, job: JobInfo, event_id: str) -> Outcome:
