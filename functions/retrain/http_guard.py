@@ -62,24 +62,24 @@ class Guard:
     def __init__(self, app: WsgiApp):
         self.app = app
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        request = Request(environ)
+    def __call__(self, wsgi_env: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        request = Request(wsgi_env)
         if request.method != "POST":
-            return self.app(environ, start_response)
-        refusal = self._refusal(request, environ)
+            return self.app(wsgi_env, start_response)
+        refusal = self._refusal(request, wsgi_env)
         if refusal is not None:
-            return refusal(environ, start_response)
+            return refusal(wsgi_env, start_response)
         marks: list[bool] = []
         token = _entered.set(marks)
         try:
-            response = Response.from_app(self.app, environ, buffered=True)
+            response = Response.from_app(self.app, wsgi_env, buffered=True)
         finally:
             _entered.reset(token)
         if response.status_code >= 500 and not marks:
             response = _error(400, "the request is not a CloudEvent this function can read")
-        return response(environ, start_response)
+        return response(wsgi_env, start_response)
 
-    def _refusal(self, request: Request, environ: dict[str, Any]) -> Response | None:
+    def _refusal(self, request: Request, wsgi_env: dict[str, Any]) -> Response | None:
         if request.mimetype == BATCH:
             return _error(
                 415,
@@ -92,8 +92,8 @@ class Guard:
         if len(body) > MAX_BODY:
             return _error(413, f"request body is larger than {MAX_BODY} bytes")
         # The framework reads the body again: hand it an unread copy.
-        environ["wsgi.input"] = io.BytesIO(body)
-        environ["CONTENT_LENGTH"] = str(len(body))
+        wsgi_env["wsgi.input"] = io.BytesIO(body)
+        wsgi_env["CONTENT_LENGTH"] = str(len(body))
         problem = safejson.hazard(body)
         if problem:
             return _error(400, f"request body: {problem}")
