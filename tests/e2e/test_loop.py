@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google.api_core import exceptions
 from google.cloud import aiplatform_v1, pubsub_v1
 
 from localcloud.demo.run import make_data, split
 from localcloud.runs import load_config, predict, run_records, storage, vertex
 from localcloud.stack import DEMO_CONFIG, Options, Stack
+from localcloud.vertex.jobs import RERUN_MESSAGE
 from localcloud.webhook import WebhookSink
 
 TIMEOUT_S = 240
@@ -177,18 +181,81 @@ def test_bad_csv_fails_the_job_and_the_webhook_carries_the_trainer_error(
     assert any("error:" in text and "broken" in text and "failed" in text for text in texts), texts
 
 
-def test_down_and_up_in_the_middle_lose_nothing(loop: Loop, data: Any) -> None:
-    train, _ = data
-    uri = loop.drop("batch-2", split(train[:600], 2))
-    deadline = time.monotonic() + 60
-    while not loop.runs_for(uri) and time.monotonic() < deadline:
+def _job_lines(loop: Loop, job_name: str, task_name: str) -> list[str]:
+    job_id = job_name.rsplit("/", 1)[1]
+    assert loop.stack.log_store is not None
+    return [
+        str(e["jsonPayload"]["message"])
+        for e in loop.stack.log_store.entries()
+        if e["resource"]["labels"].get("job_id") == job_id
+        and e["resource"]["labels"].get("task_name") == task_name
+    ]
+
+
+@pytest.mark.slow
+def test_down_and_up_in_the_middle_of_training_rerun_the_job_once(loop: Loop) -> None:
+    # Enough epochs that the job is still training when `down` stops it.
+    uri = "gs://demo-landing/digits/batch-1/"
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(loop.stack.project, "retrain-requests")
+    request = {"pipeline": "digits", "data_uri": uri, "hyperparameters": {"epochs": 200}}
+    message_id = publisher.publish(topic, json.dumps(request).encode()).result(timeout=30)
+
+    def record() -> dict[str, Any] | None:
+        found = [r for r in loop.runs_for(uri) if message_id in r.get("events", [])]
+        return found[0] if found and found[0].get("job_name") else None
+
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (record() and "Job is running." in _job_lines(loop, record()["job_name"], "service")):
+        assert time.monotonic() < deadline, "the job never started running"
         time.sleep(0.2)
+    job_name = record()["job_name"]  # type: ignore[index]
     loop.down()
     loop.up()
+
+    note = loop.outcome(lambda: (record() or {}).get("run_id"), timeout=2 * TIMEOUT_S)
+    # The job in flight at `down` ran again from the start under its name after `up`, and
+    # ended once: deployed, with one run record and one job.
+    assert note["kind"] == "deployed", note
+    assert record()["job_name"] == job_name  # type: ignore[index]
+    assert loop.job(job_name).state == aiplatform_v1.JobState.JOB_STATE_SUCCEEDED
+    service = _job_lines(loop, job_name, "service")
+    assert service.count(RERUN_MESSAGE) == 1, service
+    assert service.count("Job completed successfully.") == 1, service
+    assert not [line for line in service if line.startswith("Job failed")], service
+    assert len([r for r in loop.runs_for(uri) if message_id in r.get("events", [])]) == 1
+
+
+def _child_pids(loop: Loop, what: str) -> list[int]:
+    return [
+        int(record["pid"])
+        for record in (json.loads(p.read_text()) for p in loop.stack.children.directory.iterdir())
+        if str(record["what"]).startswith(what)
+    ]
+
+
+@pytest.mark.slow
+def test_a_killed_function_and_a_killed_model_server_are_restarted(loop: Loop, data: Any) -> None:
+    train, held_out = data
+    instances = [{k: v for k, v in row.items() if k != "digit"} for row in held_out[:5]]
+    assert predict(loop.env, "digits", instances)["predictions"]
+    (model_server,) = _child_pids(loop, "model server")
+    os.killpg(model_server, signal.SIGKILL)
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        try:
+            if predict(loop.env, "digits", instances)["predictions"]:
+                break
+        except exceptions.GoogleAPICallError:
+            pass  # UNAVAILABLE while its server restarts
+        assert time.monotonic() < deadline, "the endpoint never answered again"
+        time.sleep(0.5)
+    assert _child_pids(loop, "model server") != [model_server]
+
+    (trigger,) = _child_pids(loop, "function trigger")
+    os.killpg(trigger, signal.SIGKILL)
+    uri = loop.drop("after-a-crash", split(train[:400], 2))
     note = loop.outcome(_run_id(loop, uri))
-    # A job that was running at `down` is failed on `up` with a clear error and its end is
-    # routed like any other; one that had finished is deployed. Either way nothing is lost.
-    assert note["kind"] in ("deployed", "failed"), note
-    if note["kind"] == "failed":
-        assert "localcloud was stopped" in json.dumps(note), note
+    assert note["kind"] == "deployed", note
     assert len(loop.runs_for(uri)) == 1
+    assert _child_pids(loop, "function trigger") != [trigger]
