@@ -120,7 +120,7 @@ def install() -> None:
         return
     app = flask.current_app
     if not isinstance(app.wsgi_app, Guard):
-        app.wsgi_app = Guard(app.wsgi_app)  # type: ignore[method-assign]
+        app.wsgi_app = Guard(app.wsgi_app)  # type: ignore[method-assign, assignment]
 
 
 def _error(code: int, message: str) -> Response:

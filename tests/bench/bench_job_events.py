@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform_v1 as v1
 
 from localcloud.procs import free_port, wait_until
 from localcloud.storage import StorageServer
 from localcloud.vertex.runtime import DeployedServer
 from localcloud.webhook import WebhookSink
+from retrain.adapters.clients import vertex_connection
 from retrain.adapters.gcs import GcsBlobs, GcsStateStore
 from retrain.adapters.joblogs import CloudJobLogs, logging_client
 from retrain.adapters.notifiers import WebhookNotifier
@@ -126,17 +126,18 @@ def _measure(gcs: StorageServer, tmp: Path, model: Path, serving_url: str) -> st
 
 
 def _rounds(cloud: JobCloud) -> str:
+    # Vertex AI and Cloud Logging over gRPC, the transport production uses.
     settings = Settings(config_uri=str(cloud.config_path), project=PROJECT,
-                        vertex_endpoint=cloud.vertex.url, logging_endpoint=cloud.logging.url)  # fmt: skip
-    kwargs = {"transport": "rest", "client_options": {"api_endpoint": cloud.vertex.url},
-              "credentials": AnonymousCredentials()}  # fmt: skip
+                        vertex_emulator=cloud.vertex.grpc_host,
+                        logging_emulator=cloud.logging.grpc_host)  # fmt: skip
+    connection = vertex_connection(settings, REGION)
     ledger = Ledger(GcsStateStore(cloud.gcs, f"gs://{cloud.state}/state"))
     logging = logging_client(settings, PROJECT)
     hook = WebhookSink().start()
     handler = JobEvents(
         lambda: cloud.config, lambda _c: ledger, lambda _c: cloud.training,
-        lambda _c: VertexRegistry(PROJECT, REGION, kwargs),
-        lambda _c: VertexEndpoints(PROJECT, REGION, kwargs),
+        lambda _c: VertexRegistry(PROJECT, REGION, connection),
+        lambda _c: VertexEndpoints(PROJECT, REGION, connection),
         GcsBlobs(lambda: cloud.gcs), lambda _c: CloudJobLogs(PROJECT, logging),
         lambda _p: [WebhookNotifier(hook.url)], lambda _c: PROJECT, Logger(io.StringIO()),
     )  # fmt: skip
