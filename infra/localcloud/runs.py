@@ -174,7 +174,7 @@ def runs_table(rows: list[dict[str, Any]]) -> Any:
         "outcome",
     ]
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # wrapped, never cut to "…"
     for row in rows:
         table.add_row(*(row[c] for c in columns))
     return table
@@ -183,7 +183,11 @@ def runs_table(rows: list[dict[str, Any]]) -> Any:
 def print_runs(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
 
-    Console().print(runs_table(rows) if rows else "no runs yet")
+    console = Console()
+    if not console.is_terminal:
+        # Piped or captured output has no width to fit: print whole cells on one line.
+        console = Console(width=250)
+    console.print(runs_table(rows) if rows else "no runs yet")
 
 
 def watch_runs(env: Mapping[str, str], pipeline: str | None, interval_s: float = 2.0) -> None:
