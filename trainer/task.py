@@ -220,6 +220,10 @@ def _train(
         metrics = _evaluate(
             network, loss_fn, x_val, y_val, classification, schema.label.std, collective
         )
+        # A restarted tuning trial still owes Vertex its metric: without a line in the
+        # metric file the trial would count as infeasible.
+        if hypertune:
+            hypertune.report({metric: metrics[metric], "val_loss": metrics["val_loss"]}, hp.epochs)
     trained = network.to("cpu").eval()
     champion = (
         score_champion(inputs.champion_model_dir, schema, shard.columns, val_rows, collective)

@@ -180,9 +180,12 @@ class Study:
         for pool in spec.worker_pool_specs:
             if not pool.replica_count:
                 continue
-            pool.container_spec.args.extend(args)
-            pool.container_spec.env.add(name="CLOUD_ML_TRIAL_ID", value=trial_id)
-            pool.container_spec.env.add(name="CLOUD_ML_HP_METRIC_FILE", value=str(metric_file))
+            # The pool's own task, container or Python package: touching container_spec on
+            # a package pool would set the oneof and drop its python_package_spec.
+            task = getattr(pool, pool.WhichOneof("task") or "container_spec")
+            task.args.extend(args)
+            task.env.add(name="CLOUD_ML_TRIAL_ID", value=trial_id)
+            task.env.add(name="CLOUD_ML_HP_METRIC_FILE", value=str(metric_file))
         job = CustomJobPb(display_name=f"{self._job.display_name}-trial-{trial_id}")
         job.job_spec.CopyFrom(spec)
         return aiplatform_v1.CustomJob.deserialize(job.SerializeToString())
