@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 REQS   := requirements.txt functions/requirements.txt trainer/requirements.txt \
           trainer/requirements-serving.txt pyproject.toml
 
-.PHONY: demo test check lint typecheck bench clean trainer-package
+.PHONY: demo test check lint typecheck bench reliability clean trainer-package
 
 $(STAMP): $(REQS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ check: lint typecheck test
 
 bench: $(STAMP)
 	$(PY) -m tests.bench
+
+# Long forms of the reliability checks (fuzzing, sustained faults, races, scale); writes
+# docs/reliability.md. Bounded: under 30 minutes on a 2-core machine.
+reliability: $(STAMP)
+	timeout 1800 $(PY) -m tests.reliability
 
 # The trainer as a Python package for Google's prebuilt training containers:
 # dist/retrain_trainer-<version>.tar.gz (Terraform uploads it to the artifacts bucket).

@@ -33,6 +33,7 @@ Kept by the job-events function:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -55,6 +56,41 @@ def parse_iso(text: str | None) -> datetime | None:
 
 def run_key(pipeline: str, run_id: str) -> str:
     return f"runs/{pipeline}/{run_id}.json"
+
+
+# Every claim and compare-and-swap carries a fresh token (`write_id`). When the reply to a
+# write is lost after GCS applied it, the client's retry fails its precondition (the
+# object exists, or has moved on): reading the object back and finding our token tells
+# "another delivery won" from "we won and did not hear it". Without it, a lost reply to a
+# run's claim stalled the run for the claim's lease, and a lost reply to a notification's
+# claim lost the notification.
+WRITE_ID = "write_id"
+
+
+def claim(store: StateStore, key: str, doc: Mapping[str, Any], now: datetime) -> Stored | None:
+    """Create `key` (`if_generation_match=0`): the new document, or None if another
+    delivery's claim was there first."""
+    mine = {**doc, WRITE_ID: uuid.uuid4().hex}
+    generation = store.create(key, mine)
+    if generation is not None:
+        return Stored(mine, generation, now)
+    stored = store.read(key)
+    if stored is not None and stored.doc.get(WRITE_ID) == mine[WRITE_ID]:
+        return stored
+    return None
+
+
+def swap(store: StateStore, key: str, current: Stored, changes: Mapping[str, Any]) -> Stored | None:
+    """Compare-and-swap `changes` into the document read as `current`: None when another
+    delivery changed it first."""
+    doc = {**current.doc, **changes, WRITE_ID: uuid.uuid4().hex}
+    generation = store.replace(key, doc, generation=current.generation)
+    if generation is not None:
+        return Stored(doc, generation, current.updated)
+    stored = store.read(key)
+    if stored is not None and stored.doc.get(WRITE_ID) == doc[WRITE_ID]:
+        return Stored(doc, stored.generation, current.updated)
+    return None
 
 
 class Ledger:
@@ -116,9 +152,7 @@ class Ledger:
             "created_at": iso(now),
         }
         doc["hyperparameters"] = dict(run.hyperparameters)
-        key = run_key(run.pipeline, run.run_id)
-        generation = self.store.create(key, doc)
-        return Stored(doc, generation, now) if generation is not None else None
+        return claim(self.store, run_key(run.pipeline, run.run_id), doc, now)
 
     def read_run(self, pipeline: str, run_id: str) -> Stored | None:
         return self.store.read(run_key(pipeline, run_id))
@@ -127,13 +161,7 @@ class Ledger:
         self, pipeline: str, run_id: str, current: Stored, changes: Mapping[str, Any]
     ) -> Stored | None:
         """Compare-and-swap: None when another delivery changed the record first."""
-        doc = {**current.doc, **changes}
-        generation = self.store.replace(
-            run_key(pipeline, run_id), doc, generation=current.generation
-        )
-        if generation is None:
-            return None
-        return Stored(doc, generation, current.updated)
+        return swap(self.store, run_key(pipeline, run_id), current, changes)
 
     def list_runs(self, pipeline: str) -> list[str]:
         prefix = f"runs/{pipeline}/"
@@ -216,10 +244,7 @@ class JobLedger:
 
     # handling of one job end -----------------------------------------------------------
     def claim_handling(self, pipeline: str, job_id: str, doc: Mapping[str, Any]) -> Stored | None:
-        generation = self.store.create(f"handled/{pipeline}/{job_id}.json", doc)
-        if generation is None:
-            return None
-        return Stored(dict(doc), generation, datetime.now(UTC))
+        return claim(self.store, f"handled/{pipeline}/{job_id}.json", doc, datetime.now(UTC))
 
     def read_handling(self, pipeline: str, job_id: str) -> Stored | None:
         return self.store.read(f"handled/{pipeline}/{job_id}.json")
@@ -228,10 +253,7 @@ class JobLedger:
         self, pipeline: str, job_id: str, current: Stored, changes: Mapping[str, Any]
     ) -> Stored | None:
         """Compare-and-swap: None when another delivery changed the record first."""
-        doc = {**current.doc, **changes}
-        key = f"handled/{pipeline}/{job_id}.json"
-        generation = self.store.replace(key, doc, generation=current.generation)
-        return None if generation is None else Stored(doc, generation, current.updated)
+        return swap(self.store, f"handled/{pipeline}/{job_id}.json", current, changes)
 
     def mark_done(self, pipeline: str, job_id: str, outcome: str) -> None:
         self.store.create(f"done/{pipeline}/{job_id}", {"outcome": outcome})
@@ -243,7 +265,8 @@ class JobLedger:
     # notifications ---------------------------------------------------------------------
     def claim_notification(self, pipeline: str, run_id: str, kind: str, channel: str) -> bool:
         key = f"notified/{pipeline}/{run_id}/{kind}/{channel}"
-        return self.store.create(key, {"kind": kind, "channel": channel}) is not None
+        doc = {"kind": kind, "channel": channel}
+        return claim(self.store, key, doc, datetime.now(UTC)) is not None
 
     def release_notification(self, pipeline: str, run_id: str, kind: str, channel: str) -> None:
         self.store.delete(f"notified/{pipeline}/{run_id}/{kind}/{channel}")

@@ -47,14 +47,15 @@ class Slots:
     def __init__(self, store: StateStore):
         self.store = store
 
-    def taken(self, pipeline: str) -> set[int]:
-        """The indexes of the slots that exist (are held) now: one list request."""
+    def taken(self, pipeline: str) -> dict[int, datetime]:
+        """The slots that exist (are held) now, by index, with when each was last written:
+        one list request."""
         prefix = f"slots/{pipeline}/"
-        found = set()
+        found = {}
         for item in self.store.list(prefix):
             tail = item.key[len(prefix) :]
             if tail.isdigit():
-                found.add(int(tail))
+                found[int(tail)] = item.updated
         return found
 
     def renew(self, pipeline: str, index: int, run_id: str, now: datetime) -> bool:
@@ -76,9 +77,12 @@ class Slots:
         stored = self.store.read(slot_key(pipeline, index))
         return stored is not None and stored.doc.get("run_id") == run_id
 
-    def holders(self, pipeline: str) -> list[Holder]:
+    def holders(self, pipeline: str, written_before: datetime | None = None) -> list[Holder]:
+        """The slots held, read; with `written_before`, only those not written since."""
         found = []
-        for index in sorted(self.taken(pipeline)):
+        for index, updated in sorted(self.taken(pipeline).items()):
+            if written_before is not None and updated >= written_before:
+                continue
             stored = self.store.read(slot_key(pipeline, index))
             if stored is None:
                 continue

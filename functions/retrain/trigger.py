@@ -414,7 +414,8 @@ class Trigger:
         freed = False
         training = self._training(config)
         ledger = self._ledger(config)
-        for holder in slots.holders(pipeline.name):
+        # Only slots not written for a lease are read: a full pipeline costs one listing.
+        for holder in slots.holders(pipeline.name, written_before=self._clock() - CLAIM_LEASE):
             claimed_at = holder.claimed_at
             if claimed_at is not None and self._clock() - claimed_at < CLAIM_LEASE:
                 continue

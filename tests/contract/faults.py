@@ -186,7 +186,7 @@ class FaultProxy:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = _QuietServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -195,6 +195,11 @@ class FaultProxy:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up on a dropped or stalled call: expected here
 
 
 # HTTP statuses of the rules, as the gRPC codes Google's gateways map them to.
@@ -229,7 +234,7 @@ class GrpcFaultProxy:
         return f"127.0.0.1:{self.port}"
 
     fail = FaultProxy.fail
-    _take = FaultProxy._take
+    _take = FaultProxy._take  # type: ignore[misc]  # same fields, same rule matching
 
     def start(self) -> GrpcFaultProxy:
         import grpc

@@ -1,0 +1,177 @@
+"""Run the long forms of the reliability checks and write docs/reliability.md.
+
+python -m tests.reliability          # everything (`make reliability`)
+python -m tests.reliability fuzz     # only sections whose name contains "fuzz"
+
+Sections: hostile deliveries fuzzed through both HTTP functions, sustained faults,
+guards under races, scale. Each figure comes with the command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tests.bench.__main__ import _machine, _split
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTPUT = ROOT / "docs" / "reliability.md"
+# Examples per property: 4 properties, so 10,000 cases in all. A case posts to a served
+# function (~10-60 ms here): 10,000 per property would take most of the 30 minutes alone.
+FUZZ_EXAMPLES = 2_500
+FAULT_RATE = 0.22
+
+
+def fuzz() -> str:
+    command = [sys.executable, "-m", "pytest", "tests/unit/test_deliveries_fuzz.py", "-q",
+               "--hypothesis-show-statistics", "-p", "no:randomly"]  # fmt: skip
+    env = {**os.environ, "RETRAIN_FUZZ_EXAMPLES": str(FUZZ_EXAMPLES)}
+    started = time.monotonic()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    out = done.stdout + done.stderr
+    per_test = [
+        (name, int(passing), int(failing))
+        for name, passing, failing in re.findall(
+            r"::(test_\w+):\n\n  - during generate phase[^\n]*\n(?:    [^\n]*\n)*?"
+            r"    - (\d+) passing, (\d+) failing",
+            out,
+        )
+    ]
+    total = sum(p for _n, p, _f in per_test)
+    failing = sum(f for _n, _p, f in per_test)
+    summary = (out.strip().splitlines() or ["(no output)"])[-1]
+    table = "\n".join(f"| `{n}` | {p:,} | {f} |" for n, p, f in per_test)
+    return (
+        "## Hostile deliveries, fuzzed\n\n"
+        f"`RETRAIN_FUZZ_EXAMPLES={FUZZ_EXAMPLES} .venv/bin/python -m pytest "
+        "tests/unit/test_deliveries_fuzz.py --hypothesis-show-statistics` — generated "
+        "deliveries (CloudEvents in binary and structured mode, Pub/Sub envelopes, retrain "
+        "requests, ticks, LogEntries, incidents) posted to both served functions: never an "
+        "unhandled exception, never a 5xx for a permanent error, an answer within seconds, "
+        "never a job or model for an invalid input.\n\n"
+        "| property | cases run | failing |\n|---|---:|---:|\n"
+        f"{table}\n\n"
+        f"**{total:,} cases, {failing} failing** in {seconds:.0f} s (`make test` runs 100 "
+        f"per property); pytest: `{summary}`"
+        f"{'' if done.returncode == 0 else ' (**failed**)'}.\n"
+    )
+
+
+def sustained_faults() -> str:
+    from localcloud.storage import StorageServer
+    from tests.reliability import sustained
+
+    with tempfile.TemporaryDirectory() as tmp, StorageServer(root=Path(tmp) / "gcs") as gcs:
+        model = sustained.train_model(Path(tmp) / "trained")
+        report = sustained.run(gcs, Path(tmp) / "loop", model, sustained.LONG, FAULT_RATE)
+    ok = report.actual() == report.expected() and not report.unhandled
+    return (
+        "## Sustained faults\n\n"
+        "`.venv/bin/python -m tests.reliability sustained` (short form in `make test`: "
+        "`.venv/bin/python -m pytest tests/contract/test_faults_sustained.py`). Both functions "
+        "served by functions-framework; seeded random faults from the proxies of "
+        "tests/contract/faults.py in front of fake-gcs-server, the Vertex AI emulator's gRPC "
+        f"front (production's transport) and the webhook, at {FAULT_RATE:.0%} of the calls "
+        "(twice that for the webhook, which sees few).\n\n"
+        + sustained.markdown(report)
+        + ("" if ok else "\n**The counts differ from what the events call for.**\n")
+    )
+
+
+def races() -> str:
+    from localcloud.storage import StorageServer
+    from retrain.jobevents import HEARTBEAT_S, LEASE
+    from tests.reliability import races as scenario
+
+    with tempfile.TemporaryDirectory() as tmp, StorageServer(root=Path(tmp) / "gcs") as gcs:
+        result = scenario.run(gcs, Path(tmp) / "race")
+    batches = len(scenario.PIPELINES) * scenario.BATCHES
+    most = ", ".join(f"{p}: {n}" for p, n in result.most_at_once.items())
+    return (
+        "## Guards under races\n\n"
+        "`.venv/bin/python -m pytest tests/contract/test_faults_cap_race.py "
+        "tests/unit/test_guards_atomic.py`. 6 batches dropped at once into 2 marker "
+        "pipelines with `max_concurrent_jobs = 1` (every marker delivered twice, ticks every "
+        f"half second, jobs of ~{result.seconds_per_job:.1f} s).\n\n"
+        "| measure | value |\n|---|---|\n"
+        f"| jobs / distinct runs / run records | {result.jobs} / {result.distinct_runs} / "
+        f"{result.run_records} (batches: {batches}) |\n"
+        f"| most jobs of one pipeline at once (from the emulator's create/end times) | {most} |\n"
+        f"| overlapping jobs of one pipeline | {len(result.overlaps)} |\n"
+        f"| outcomes | {result.outcomes} |\n"
+        f"| slots / open runs left at the end | {result.slots_left} / {result.open_left} |\n"
+        f"| unhandled exceptions / deliveries never acknowledged | {len(result.unhandled)} / "
+        f"{len(result.never_acked)} |\n\n"
+        f"A job end's lease is {LEASE.total_seconds():.0f} s, renewed every {HEARTBEAT_S:.0f} s "
+        "while the delivery works: a crashed delivery's job end is taken over within a minute "
+        "(`tests/unit/test_guards_atomic.py::test_a_crashed_deliverys_lease_is_taken_over_"
+        "within_a_minute`), where it waited 10 minutes before.\n"
+    )
+
+
+def scale() -> str:
+    from tests.bench import bench_scale
+
+    return (
+        "## Scale\n\n"
+        "`.venv/bin/python -m tests.reliability scale` (short form: `make bench`, "
+        "tests/bench/bench_scale.py). The trigger function against fake-gcs-server through a "
+        "counting proxy; Vertex AI over gRPC.\n\n" + bench_scale.run_long()
+    )
+
+
+SECTIONS: dict[str, Callable[[], str]] = {
+    "fuzz": fuzz,
+    "sustained": sustained_faults,
+    "races": races,
+    "scale": scale,
+}
+
+
+def main(argv: list[str]) -> int:
+    wanted = argv[1:]
+    names = [n for n in SECTIONS if not wanted or any(w in n for w in wanted)]
+    sections, failed = [], 0
+    for name in names:
+        print(f"== {name}", flush=True)
+        started = time.monotonic()
+        try:
+            section = SECTIONS[name]()
+        except Exception:  # a broken section is reported, the others still run
+            failed += 1
+            section = f"## {name}\n\nFailed:\n\n```\n{traceback.format_exc()}```\n"
+        print(section, flush=True)
+        print(f"   ({time.monotonic() - started:.0f}s)", flush=True)
+        sections.append(section.strip() + "\n")
+    header = (
+        "# Reliability in figures\n\n"
+        f"Written by `make reliability` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on "
+        f"{_machine()}. Each section names the command that reproduces it.\n\n"
+    )
+    notes = _notes()
+    if wanted and OUTPUT.exists():
+        kept = _split(OUTPUT.read_text())
+        for section in sections:
+            kept[section.splitlines()[0]] = section
+        sections = [s for title, s in kept.items() if title != "## Closing notes"]
+    OUTPUT.parent.mkdir(exist_ok=True)
+    OUTPUT.write_text(header + "\n".join(sections) + "\n" + notes)
+    print(f"wrote {OUTPUT.relative_to(ROOT)}")
+    return 1 if failed else 0
+
+
+def _notes() -> str:
+    return (Path(__file__).parent / "notes.md").read_text()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
