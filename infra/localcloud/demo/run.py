@@ -2,13 +2,16 @@
 
 Starts localcloud with the demo config, drops scikit-learn's handwritten digits as CSV
 parts plus a `_SUCCESS` marker, follows the run live (job state, epoch lines, routing,
-deployment), predicts held-out rows through the endpoint, prints a summary, stops
-everything, and exits 0 only if the model was deployed and answered correctly."""
+deployment), predicts held-out rows through the endpoint, then does the same for the tuned
+pipeline (a hyperparameter tuning job: its trials live, then the trial table and the trial
+the product chose), prints a summary, stops everything, and exits 0 only if both pipelines'
+models were deployed and answered correctly."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -16,10 +19,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from localcloud.demo.trials import TrialRow, table_lines, trial_rows, value_text
 from localcloud.errors import LocalCloudError
 
 LANDING = "demo-landing"
 PIPELINE = "digits"
+TUNED_PIPELINE = "digits-tuned"  # a tuning job per batch; see pipelines.toml
+TUNING_JOBS = "/hyperparameterTuningJobs/"
+RECORD_WAIT_S = 10.0  # for job-events to record the chosen trial after it notified
 MIN_HELD_OUT_ACCURACY = 0.8
 TERMINAL_KINDS = ("deployed", "rejected", "rolled_back", "failed", "cancelled")
 
@@ -28,15 +35,17 @@ TERMINAL_KINDS = ("deployed", "rejected", "rolled_back", "failed", "cancelled")
 class Batch:
     name: str
     parts: list[list[dict[str, Any]]]
+    pipeline: str = PIPELINE  # its prefix in the landing bucket is "<pipeline>/"
 
     @property
     def uri(self) -> str:
-        return f"gs://{LANDING}/{PIPELINE}/{self.name}/"
+        return f"gs://{LANDING}/{self.pipeline}/{self.name}/"
 
 
 @dataclass
 class RunResult:
     batch: str
+    pipeline: str = PIPELINE
     run_id: str = "-"
     job: str = "-"
     state: str = "-"
@@ -48,6 +57,8 @@ class RunResult:
     detail: str = ""
     stages: dict[str, float] = field(default_factory=dict)
     accuracy: float | None = None
+    trials: list[TrialRow] = field(default_factory=list)  # a tuning job's
+    chosen: dict[str, Any] | None = None  # the trial job-events judged: id, parameters, metric
 
 
 def make_data(seed: int = 7) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -97,9 +108,12 @@ def run_demo(directory: Path, *, twice: bool, epochs: int | None, timeout: float
         directory.mkdir(parents=True)
         config_path = directory / "pipelines.toml"
         text = DEMO_CONFIG.read_text()
-        config_path.write_text(text.replace("epochs = 30", f"epochs = {epochs}"))
+        # Every pipeline's epochs, the tuned pipeline's trials too.
+        config_path.write_text(re.sub(r"(?m)^epochs = \d+$", f"epochs = {epochs}", text))
     print(
         "retrain demo: drop data in a bucket -> a training job runs -> the good model is deployed\n"
+        f"then the tuned pipeline ({TUNED_PIPELINE}): a tuning job runs trials -> the best "
+        "trial's model is deployed\n"
     )
     stack = Stack(
         Options(dir=directory, config=config_path, tick_seconds=2.0),
@@ -113,22 +127,34 @@ def run_demo(directory: Path, *, twice: bool, epochs: int | None, timeout: float
         batches = [Batch("batch-1", split(train[: len(train) // 2] if twice else train, 3))]
         if twice:
             batches.append(Batch("batch-2", split(train, 4)))
+        batches.append(Batch("batch-1", split(train, 3), TUNED_PIPELINE))
         demo = _Demo(stack, directory, started, timeout)
         results: list[RunResult] = []
         for batch in batches:
             result = demo.run_batch(batch)
-            if result.kind == "deployed" or (results and result.kind == "rejected"):
-                result.accuracy, result.stages["first predict"] = demo.predict_accuracy(held_out)
+            earlier = [r for r in results if r.pipeline == batch.pipeline]
+            if result.kind == "deployed" or (earlier and result.kind == "rejected"):
+                result.accuracy, result.stages["first predict"] = demo.predict_accuracy(
+                    held_out, batch.pipeline
+                )
             results.append(result)
         _summary(results, started)
-        first = results[0]
-        ok = first.kind == "deployed" and (first.accuracy or 0) >= MIN_HELD_OUT_ACCURACY
-        if twice:
-            ok = ok and results[1].kind in ("deployed", "rejected")
-        return 0 if ok else 1
+        return 0 if _succeeded(results) else 1
     finally:
         _say(started, "stopping localcloud")
         stack.down()
+
+
+def _succeeded(results: list[RunResult]) -> bool:
+    """Each pipeline's first model deployed and right on the held-out rows; a second batch
+    either deployed or rejected by the gate."""
+    ok = True
+    for pipeline in (PIPELINE, TUNED_PIPELINE):
+        runs = [r for r in results if r.pipeline == pipeline]
+        first = runs[0]
+        ok = ok and first.kind == "deployed" and (first.accuracy or 0) >= MIN_HELD_OUT_ACCURACY
+        ok = ok and all(r.kind in ("deployed", "rejected") for r in runs[1:])
+    return ok
 
 
 class _Demo:
@@ -161,7 +187,7 @@ class _Demo:
 
     def drop(self, batch: Batch, work: Path) -> float:
         bucket = self.storage.bucket(LANDING)
-        folder = work / batch.name
+        folder = work / batch.pipeline / batch.name
         folder.mkdir(parents=True, exist_ok=True)
         for index, rows in enumerate(batch.parts):
             path = folder / f"part-{index:04d}.csv"
@@ -169,17 +195,18 @@ class _Demo:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
-            bucket.blob(f"{PIPELINE}/{batch.name}/{path.name}").upload_from_filename(str(path))
+            blob = bucket.blob(f"{batch.pipeline}/{batch.name}/{path.name}")
+            blob.upload_from_filename(str(path))
         count = sum(len(p) for p in batch.parts)
         self.say(f"dropped {len(batch.parts)} CSV parts ({count} rows) into {batch.uri}")
-        bucket.blob(f"{PIPELINE}/{batch.name}/_SUCCESS").upload_from_string(b"")
+        bucket.blob(f"{batch.pipeline}/{batch.name}/_SUCCESS").upload_from_string(b"")
         self.say(f"dropped the marker {batch.uri}_SUCCESS")
         return time.time()
 
     def run_batch(self, batch: Batch) -> RunResult:
         from localcloud.runs import run_records
 
-        result = RunResult(batch.name)
+        result = RunResult(batch.name, batch.pipeline)
         dropped_at = self.drop(batch, self.dir / "data")
         deadline = time.monotonic() + self.timeout
         record: dict[str, Any] | None = None
@@ -191,7 +218,7 @@ class _Demo:
             if record is None or not record.get("job_name"):
                 matches = [
                     r
-                    for r in run_records(self.env, self.config, PIPELINE)
+                    for r in run_records(self.env, self.config, batch.pipeline)
                     if r.get("data_uri") == batch.uri
                 ]
                 if matches:
@@ -207,7 +234,7 @@ class _Demo:
                         result.stages["event -> submit"] = (submitted or time.time()) - dropped_at
                         self.say(f"job submitted: {record['job_name']}")
             if record and record.get("job_name"):
-                job = self.jobs.get_custom_job(name=record["job_name"], timeout=10)
+                job = self._get_job(record["job_name"])
                 if job.state.name != state:
                     state = job.state.name
                     result.state = state.removeprefix("JOB_STATE_")
@@ -231,11 +258,42 @@ class _Demo:
                     self._finish(
                         result, doc, job, dropped_at, routed_at, message.publish_time.timestamp()
                     )
+                    if job is not None and TUNING_JOBS in job.name:
+                        self._show_trials(result, self._get_job(job.name))
                     return result
             time.sleep(0.5)
         raise LocalCloudError(
             f"{batch.name}: no outcome within {self.timeout:.0f}s (last job state {state or 'none'})"
         )
+
+    def _get_job(self, name: str) -> Any:
+        """A CustomJob or a HyperparameterTuningJob, as the run record names it."""
+        if TUNING_JOBS in name:
+            return self.jobs.get_hyperparameter_tuning_job(name=name, timeout=10)
+        return self.jobs.get_custom_job(name=name, timeout=10)
+
+    def _show_trials(self, result: RunResult, job: Any) -> None:
+        """The trial table, and the trial job-events chose (from the run record it updates
+        once the outcome is known)."""
+        from localcloud.runs import run_records
+
+        result.trials = trial_rows(job)
+        # Only a judged model has a chosen trial: a failed tuning job has none to wait for.
+        judged = result.kind in ("deployed", "rejected", "rolled_back")
+        deadline = time.monotonic() + (RECORD_WAIT_S if judged else 0.0)
+        while result.chosen is None and time.monotonic() < deadline:
+            for record in run_records(self.env, self.config, result.pipeline):
+                if record.get("run_id") == result.run_id and record.get("trial"):
+                    result.chosen = record["trial"]
+            if result.chosen is None:
+                time.sleep(0.2)
+        metric = job.study_spec.metrics[0].metric_id
+        chosen = str(result.chosen["id"]) if result.chosen else None
+        table = "\n".join(
+            f"           | {line}" for line in table_lines(result.trials, metric, chosen)
+        )
+        self.say(f"trials of {job.name.rsplit('/', 1)[-1]}:\n{table}")
+        self.say(f"chosen: {_chosen_text(result.chosen, metric)}")
 
     def _finish(
         self,
@@ -261,7 +319,9 @@ class _Demo:
             if created and began:
                 result.stages["submit -> running"] = began - created
             if began and ended:
-                result.stages["training"] = ended - began
+                # A tuning job's time is all its trials', run parallel_trial_count at a time.
+                stage = "trials" if TUNING_JOBS in job.name else "training"
+                result.stages[stage] = ended - began
             if ended and routed_at:
                 result.stages["end -> routed"] = routed_at - ended
         if routed_at:
@@ -324,13 +384,16 @@ class _Demo:
             )
         return [m.message for m in response.received_messages]
 
-    def predict_accuracy(self, held_out: list[dict[str, Any]]) -> tuple[float, float]:
-        """Held-out accuracy through the endpoint, and the seconds the predict call took."""
+    def predict_accuracy(
+        self, held_out: list[dict[str, Any]], pipeline: str = PIPELINE
+    ) -> tuple[float, float]:
+        """Held-out accuracy through the pipeline's endpoint, and the seconds the predict
+        call took."""
         from localcloud.runs import predict
 
         instances = [{k: v for k, v in row.items() if k != "digit"} for row in held_out]
         began = time.monotonic()
-        answer = predict(self.env, PIPELINE, instances)
+        answer = predict(self.env, pipeline, instances)
         took = time.monotonic() - began
         labels = [p.get("label") for p in answer["predictions"]]
         correct = sum(
@@ -338,7 +401,7 @@ class _Demo:
         )
         accuracy = correct / len(held_out)
         self.say(
-            f"predicted {len(held_out)} held-out rows through the endpoint in {took:.2f}s: "
+            f"predicted {len(held_out)} held-out rows through the {pipeline} endpoint in {took:.2f}s: "
             f"accuracy {accuracy:.3f} (model version {answer.get('model_version_id')})"
         )
         return accuracy, took
@@ -358,15 +421,34 @@ def _num(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) else str(value or "none")
 
 
+def _chosen_text(chosen: dict[str, Any] | None, metric: str | None = None) -> str:
+    """`trial 2 (hidden_units=128,64, lr=0.01873)`, with `, val_accuracy 0.9815` if asked."""
+    if not chosen:
+        return "no trial (the run record names none)"
+    parameters = ", ".join(
+        f"{name}={value_text(value)}" for name, value in sorted(chosen["parameters"].items())
+    )
+    value = f", {metric} {_num(chosen.get('metric'))}" if metric else ""
+    return f"trial {chosen['id']} ({parameters}){value}"
+
+
 def _summary(results: list[RunResult], started: float) -> None:
     print("\nsummary")
     for result in results:
+        kind = "tuning job" if TUNING_JOBS in result.job else "job"
         print(
-            f"  {result.batch}: run {result.run_id}, job {result.job.rsplit('/', 1)[-1]}, state {result.state}"
+            f"  {result.pipeline} {result.batch}: run {result.run_id}, "
+            f"{kind} {result.job.rsplit('/', 1)[-1]}, state {result.state}"
         )
         print(f"    outcome: {result.kind}" + (f" ({result.detail})" if result.detail else ""))
         metric, champion = _num(result.metric), _num(result.champion_metric)
         print(f"    validation metric: {metric}   champion before: {champion}")
+        if result.trials:
+            succeeded = sum(1 for t in result.trials if t.state == "SUCCEEDED")
+            print(
+                f"    trials: {len(result.trials)} ({succeeded} succeeded); chosen: "
+                + _chosen_text(result.chosen)
+            )
         print(f"    model version: {result.version}   endpoint: {result.endpoint}")
         if result.accuracy is not None:
             print(f"    accuracy on held-out rows through the endpoint: {result.accuracy:.3f}")
