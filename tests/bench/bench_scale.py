@@ -249,10 +249,10 @@ def run() -> str:
     return "## Scale: bursts per trigger mode\n\n" + measure(sizes, (), 50)
 
 
-# The long form fits `make reliability`'s 30 minutes on a 2-core machine: N up to 5,000 per
+# The long form fits `make reliability`'s 30 minutes on a 2-core machine: N up to 4,000 per
 # mode and a quiet batch of 10,000 (at the rates measured here, 20,000 objects per mode and a
 # batch of 100,000 would take over an hour; the growth figures say what they would cost).
-LONG_SIZES = {"each": (500, 2000), "marker": (1000, 5000), "quiet": (1000, 5000)}
+LONG_SIZES = {"each": (500, 2000), "marker": (1000, 4000), "quiet": (1000, 4000)}
 LONG_QUIET_BATCH = (10_000,)
 
 

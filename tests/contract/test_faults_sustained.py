@@ -22,6 +22,9 @@ def test_every_kind_of_event_under_sustained_faults_gives_exact_counts(
     print(sustained.markdown(report))
     assert report.actual() == report.expected()
     assert report.distinct_runs == report.jobs == report.run_records
+    # Every object of the quiet batch is in exactly one run.
+    assert len(report.quiet_objects) == sustained.SHORT.quiet
+    assert set(report.quiet_objects.values()) == {1}
     for service in report.calls:
         assert report.fault_rate(service) >= 0.2, service
     assert report.unhandled == [] and report.never_acked == []
