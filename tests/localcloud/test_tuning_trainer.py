@@ -161,10 +161,21 @@ def test_the_trainer_reports_its_metric_every_epoch_and_each_trial_is_measured(
         final = trial.final_measurement.metrics[0]
         assert (final.metric_id, trial.final_measurement.step_count) == ("val_accuracy", EPOCHS)
         assert final.value == pytest.approx(written["val_accuracy"], abs=1e-6)
-    # AND each trial trained with its own parameters
+    # AND each trial trained with its own parameters, as its model's metadata records them
     grid = [{p.parameter_id: p.value for p in t.parameters} for t in finished.trials]
     assert grid == [
         {"lr": 0.001, "hidden_units": "32"},
         {"lr": 0.001, "hidden_units": "64,32"},
         {"lr": 0.01, "hidden_units": "32"},
+    ]
+    trained = [
+        json.loads(bucket.blob(f"runs/digits/{how}/{t.id}/model/metadata.json").download_as_text())[
+            "hyperparameters"
+        ]
+        for t in finished.trials
+    ]
+    assert [(h["lr"], h["hidden_units"], h["epochs"]) for h in trained] == [
+        (0.001, [32], EPOCHS),
+        (0.001, [64, 32], EPOCHS),
+        (0.01, [32], EPOCHS),
     ]
