@@ -294,11 +294,14 @@ def test_rerun_reproduces_the_metric_exactly_with_lineage(
     assert [a for a in args[0] if not a.startswith(("--data-manifest", "--champion"))] == [
         a for a in args[1] if not a.startswith(("--data-manifest", "--champion"))
     ]
-    # ... give exactly the same model figures (the champion block differs: it moved).
+    # ... give exactly the same gate metric (the champion block differs: it moved). The
+    # losses are float32 sums: in one of about twenty reruns on a busy 2-core machine they
+    # came out two float32 steps apart (threaded CPU arithmetic need not add up in the same
+    # order every time), far too little to move the accuracy on these rows.
     first, again = world.metrics(original["run_id"]), world.metrics(rerun["run_id"])
-    own = lambda m: {k: v for k, v in m.items() if not isinstance(v, dict)}  # noqa: E731
-    assert own(again) == own(first), (first, again)
-    assert own(first).keys() >= {"val_accuracy", "val_loss", "train_loss"}
+    assert again["val_accuracy"] == first["val_accuracy"], (first, again)
+    for name in ("val_loss", "train_loss"):
+        assert again[name] == pytest.approx(first[name], rel=1e-6, abs=0), (first, again)
     # Judged against today's champion, with its own (identical) figure.
     assert note["metric"] == first["val_accuracy"] and note["basis"] == "same_rows", note
 
