@@ -361,7 +361,7 @@ class Trigger:
             )
             raise
         now = self._clock()
-        ledger.update_run(
+        recorded = ledger.update_run(
             pipeline.name,
             run_id,
             current,
@@ -374,7 +374,13 @@ class Trigger:
                 "data_manifest": plan.data_manifest,
                 "champion_model_dir": plan.champion_model_dir,
             },
-        ) or self._raise_lost_update(run_id)
+        )
+        if recorded is None:
+            # A duplicate that found this job by its label may have recorded it first:
+            # then the run is submitted all the same; anything else is a lost update.
+            again = ledger.read_run(pipeline.name, run_id)
+            if again is None or again.doc.get("job_name") != job.name:
+                self._raise_lost_update(run_id)
         if cooldown:
             ledger.set_last_submit(pipeline.name, run_id, now)
         ledger.close(pipeline.name, run_id)
