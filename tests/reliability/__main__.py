@@ -157,9 +157,17 @@ def main(argv: list[str]) -> int:
         f"Written by `make reliability` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on "
         f"{_machine()}. Each section names the command that reproduces it.\n\n"
     )
+    if wanted and OUTPUT.exists():
+        first = OUTPUT.read_text().split("\n\n")[1]
+        header = (
+            f"# Reliability in figures\n\n{first}\n\nRerun since, on "
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `python -m tests.reliability "
+            f"{' '.join(wanted)}`: {', '.join(names)}.\n\n"
+        )
     notes = _notes()
     if wanted and OUTPUT.exists():
-        kept = _split(OUTPUT.read_text())
+        # A section that failed before is kept under its short name: the rerun replaces it.
+        kept = {t: s for t, s in _split(OUTPUT.read_text()).items() if t[3:] not in names}
         for section in sections:
             kept[section.splitlines()[0]] = section
         sections = [s for title, s in kept.items() if title != "## Closing notes"]

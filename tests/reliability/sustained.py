@@ -235,12 +235,12 @@ def _drive(loop: Loop, size: Size) -> None:
         # One batch after the other: each run's model is judged and deployed in turn.
         for part in range(2):
             loop.send("trigger", loop.finalize(f"churn/b{batch}/part-{part}.csv"), twice)
-        loop.drain()
+        loop.drain(900)
         loop.send("trigger", loop.finalize(f"churn/b{batch}/_SUCCESS", size=0), twice)
         loop.wait_for(
             lambda batch=batch: _deployed(loop) > batch, f"churn batch {batch} deployed", 600
         )
-    loop.drain(600)
+    loop.drain(900)
 
     def settled() -> bool:
         jobs = loop.jobs()
@@ -252,7 +252,7 @@ def _drive(loop: Loop, size: Size) -> None:
         )
 
     loop.wait_for(settled, "every batch flushed and every job end handled", 600)
-    loop.drain(600)
+    loop.drain(900)
 
 
 def _deployed(loop: Loop) -> int:
