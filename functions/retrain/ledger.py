@@ -33,13 +33,15 @@ Kept by the job-events function:
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from retrain.errors import PermanentError, TransientError
 from retrain.planner import Pending, RunPlan
 from retrain.ports import StateStore, Stored
 
@@ -91,6 +93,102 @@ def swap(store: StateStore, key: str, current: Stored, changes: Mapping[str, Any
     if stored is not None and stored.doc.get(WRITE_ID) == doc[WRITE_ID]:
         return Stored(doc, stored.generation, current.updated)
     return None
+
+
+class Lease:
+    """A held claim on one record: taken by `take_lease`, renewed by every step and by a
+    heartbeat, and lost to another delivery only once it expired without a sign of life.
+
+    Steps and the heartbeat both compare-and-swap the record: one at a time. Losing a swap
+    means another delivery took the record over (this one outlived its lease)."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        key: str,
+        held: Stored,
+        duration: timedelta,
+        clock: Callable[[], datetime],
+        what: str,
+    ):
+        self._store, self._key, self._held = store, key, held
+        self._duration, self._clock, self._what = duration, clock, what
+        self._lock = threading.Lock()
+        self._finished = False
+
+    @property
+    def doc(self) -> Mapping[str, Any]:
+        return self._held.doc
+
+    def _until(self) -> str:
+        return iso(self._clock() + self._duration)
+
+    def step(self, changes: Mapping[str, Any], *, strict: bool = True) -> None:
+        """Record progress (renewing the lease); a lost swap raises TransientError when
+        `strict`, so the delivery stops and leaves the record to its new holder."""
+        with self._lock:
+            updated = swap(self._store, self._key, self._held,
+                           {"lease_until": self._until(), **changes})  # fmt: skip
+            if updated is not None:
+                self._held = updated
+        if updated is None and strict:
+            raise TransientError(f"{self._what}: handling was taken over")
+
+    def release(self) -> None:
+        """Give the lease up so that the redelivery may take over at once."""
+        self.step({"lease_until": None}, strict=False)
+
+    def finish(self, changes: Mapping[str, Any]) -> None:
+        """The last step: a beat still in flight leaves the record alone afterwards."""
+        self.step(changes)
+        self._finished = True
+
+    def renew(self, on_error: Callable[[Exception], None]) -> None:
+        """The heartbeat's renewal; a failed one is retried at the next beat."""
+        with self._lock:
+            if self._finished:
+                return
+            try:
+                updated = swap(self._store, self._key, self._held, {"lease_until": self._until()})
+            except (TransientError, PermanentError) as err:
+                on_error(err)
+                return
+            if updated is not None:  # else taken over: the next step finds out and stops
+                self._held = updated
+
+
+def take_lease(
+    store: StateStore,
+    key: str,
+    doc: Mapping[str, Any],
+    duration: timedelta,
+    clock: Callable[[], datetime],
+    *,
+    what: str,
+    finished: Callable[[Mapping[str, Any]], bool],
+    takeover: Mapping[str, Any] | None = None,
+) -> Lease | None:
+    """The claim/lease/takeover protocol: the record's atomic create is the claim and the
+    duplicate check in one request. None when the record says the work is `finished`;
+    TransientError while another delivery's lease is fresh (the redelivery finds the
+    work finished, or the lease expired); an expired lease is taken over by a
+    compare-and-swap (adding `takeover`), of which one delivery wins."""
+    now = clock()
+    created = claim(store, key, {**doc, "lease_until": iso(now + duration)}, now)
+    if created is not None:
+        return Lease(store, key, created, duration, clock, what)
+    stored = store.read(key)
+    if stored is None:
+        raise TransientError(f"{what}: handling record vanished while being read")
+    if finished(stored.doc):
+        return None
+    lease = parse_iso(stored.doc.get("lease_until"))
+    if lease is not None and lease > now:
+        raise TransientError(f"{what} is being handled by another delivery")
+    taken = swap(store, key, stored, {"lease_until": iso(now + duration), **(takeover or {})})
+    if taken is None:
+        raise TransientError(f"{what} was taken over by another delivery")
+    return Lease(store, key, taken, duration, clock, what)
 
 
 class Ledger:
@@ -243,17 +341,19 @@ class JobLedger:
         self.store = store
 
     # handling of one job end -----------------------------------------------------------
-    def claim_handling(self, pipeline: str, job_id: str, doc: Mapping[str, Any]) -> Stored | None:
-        return claim(self.store, f"handled/{pipeline}/{job_id}.json", doc, datetime.now(UTC))
-
-    def read_handling(self, pipeline: str, job_id: str) -> Stored | None:
-        return self.store.read(f"handled/{pipeline}/{job_id}.json")
-
-    def update_handling(
-        self, pipeline: str, job_id: str, current: Stored, changes: Mapping[str, Any]
-    ) -> Stored | None:
-        """Compare-and-swap: None when another delivery changed the record first."""
-        return swap(self.store, f"handled/{pipeline}/{job_id}.json", current, changes)
+    def lease_handling(
+        self,
+        pipeline: str,
+        job_id: str,
+        doc: Mapping[str, Any],
+        duration: timedelta,
+        clock: Callable[[], datetime],
+        takeover: Mapping[str, Any],
+    ) -> Lease | None:
+        """The lease on one job end (see `take_lease`); None once it was handled."""
+        return take_lease(self.store, f"handled/{pipeline}/{job_id}.json", doc, duration, clock,
+                          what=f"job {job_id}", finished=lambda d: d.get("step") == "done",
+                          takeover=takeover)  # fmt: skip
 
     def mark_done(self, pipeline: str, job_id: str, outcome: str) -> None:
         self.store.create(f"done/{pipeline}/{job_id}", {"outcome": outcome})

@@ -10,11 +10,14 @@ uses the run id the request would have had, derived from its message id.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from retrain import notify
+from retrain import trials as tuning_trials
 from retrain.config import Config, Pipeline
 from retrain.errors import ConfigError, PermanentError, TransientError
 from retrain.events import MalformedRequest, RetrainRequested
+from retrain.jobend import JobEnd
 from retrain.ledger import JobLedger
 from retrain.logs import Logger
 from retrain.notify import Notification
@@ -42,6 +45,50 @@ def send_once(
             )
             continue
         log.info("notification sent", kind=message.kind, channel=channel.channel)
+
+
+class Announcer:
+    """The job-events function's notifications: built from the job end, filtered by what
+    the pipeline's config wants, and sent once per channel."""
+
+    def __init__(
+        self,
+        notifiers: Callable[[Pipeline], list[Notifier]],
+        claims: Callable[[Config], JobLedger],
+        project: Callable[[Config], str],
+    ):
+        self._notifiers = notifiers
+        self._claims = claims
+        self._project = project
+
+    def about(self, end: JobEnd, kind: str, **fields: Any) -> Notification:
+        """A notification of `kind` about the job end."""
+        return Notification(
+            kind=kind,
+            pipeline=end.pipeline.name,
+            run_id=end.run_id,
+            job=end.job.name,
+            state=end.job.state,
+            project=self._project(end.config),
+            region=end.config.defaults.region,
+            data_uri=end.data_uri,
+            duration_seconds=notify.duration(end.job.start_time, end.job.end_time),
+            trials=tuning_trials.summary(end.job) if end.job.is_tuning else (),
+            **fields,
+        )
+
+    def project(self, config: Config) -> str:
+        return self._project(config)
+
+    def announce(
+        self, config: Config, pipeline: Pipeline, message: Notification, log: Logger
+    ) -> None:
+        if not notify.wanted(pipeline.notify, message.kind):
+            log.info("notification not wanted by config", kind=message.kind)
+            return
+        channels = self._notifiers(pipeline)
+        if channels:
+            send_once(message, channels, self._claims(config), log)
 
 
 def announce_rejection(

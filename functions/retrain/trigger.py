@@ -31,8 +31,8 @@ from retrain.config import Config, Pipeline
 from retrain.errors import InvalidRequest, TransientError
 from retrain.events import Event, MalformedRequest, ObjectFinalized, RetrainRequested, Tick
 from retrain.inputs import covered_objects, gone, manifest_text, manifest_uri, parse_manifest
-from retrain.jobevents import CHAMPION, resource_id
-from retrain.jobspec import RUN_LABEL, base_output_directory, build_job, label_value
+from retrain.jobend import CHAMPION, resource_id
+from retrain.jobspec import RUN_LABEL, base_output_directory, label_value
 from retrain.ledger import (
     CLAIMED,
     SUBMITTED,
@@ -61,6 +61,7 @@ from retrain.planner import (
 )
 from retrain.ports import DataObjects, ModelRegistry, Notifier, Stored, TrainingService
 from retrain.slots import Slots
+from retrain.submission import submit_run
 
 CLAIM_LEASE = timedelta(seconds=120)  # a claim older than this without a job is abandoned
 DUPLICATE_WAIT_S = (0.2, 0.4, 0.8)  # how a duplicate waits for the claimant to finish
@@ -347,9 +348,8 @@ class Trigger:
             log.info("run waiting", reason=decision.reason)
             return Outcome("waiting", decision.reason, run_id)
         plan = self._pin_inputs(pipeline, plan_from_record(record), record, config)
-        spec = build_job(pipeline, plan, config.defaults.output_uri)
         try:
-            job = training.submit(spec)
+            job, spec = submit_run(training, pipeline, plan, config.defaults.output_uri)
         except TransientError:
             # Release the claim so that the redelivery may take over at once (it looks
             # the job up by label first, in case the failed call did create it).
