@@ -41,7 +41,7 @@ from retrain.failures import FailureReports, fallback_attempt, is_stockout
 from retrain.heartbeat import Heartbeat
 from retrain.jobend import CANCELLED, CHAMPION, SUCCEEDED, Handled, JobEnd, Outcome, resource_id
 from retrain.jobspec import PIPELINE_LABEL, RUN_LABEL, label_value
-from retrain.ledger import JobLedger, Lease, Ledger, iso
+from retrain.ledger import JobLedger, Lease, LeaseTerms, Ledger, iso
 from retrain.logs import Logger
 from retrain.notifying import Announcer
 from retrain.ports import (
@@ -68,6 +68,7 @@ __all__ = ["CHAMPION", "HEARTBEAT_S", "LEASE", "JobEnded", "JobEvents", "Outcome
 # delivery's job end is taken over within a minute and a slow one keeps its own.
 LEASE = timedelta(seconds=45)
 HEARTBEAT_S = 15.0
+JOB_END_LEASE = LeaseTerms("lease_until", LEASE)  # dated by when it runs out
 
 
 class JobEvents:
@@ -171,7 +172,7 @@ class JobEvents:
             pipeline.name,
             job.job_id,
             claim,
-            LEASE,
+            JOB_END_LEASE,
             self._clock,
             takeover={"state": job.state},
         )

@@ -1,5 +1,10 @@
 """The ledger: the product's state on GCS, kept with preconditions instead of a database.
 
+Longer than most modules (~440 lines) on purpose: it is the one place that knows the
+state layout below and the one place that writes the claim/lease/takeover protocol
+(`claim`, `swap`, `LeaseTerms`, `take_over`, `Lease`, `take_lease`) that both functions
+use, the trigger around a run's claim and job-events around a job end.
+
 Layout under `state_uri` (many small objects; never one hot object per event, since GCS
 allows about one write per second to a single object name):
 
@@ -37,7 +42,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,9 +100,56 @@ def swap(store: StateStore, key: str, current: Stored, changes: Mapping[str, Any
     return None
 
 
+@dataclass(frozen=True)
+class LeaseTerms:
+    """How a record says it is held, and for how long. The one definition of a live lease
+    for both functions: a run's claim is dated by when it was taken (`claimed_at`, live
+    for `duration` after), a job end's by when it runs out (`lease_until`). A field set to
+    None is a lease given up: the next delivery takes it over at once."""
+
+    field: str
+    duration: timedelta
+    dated_by_start: bool = False
+
+    def stamp(self, now: datetime) -> dict[str, Any]:
+        """The change that takes or renews the lease at `now`."""
+        return {self.field: iso(now if self.dated_by_start else now + self.duration)}
+
+    def released(self) -> dict[str, Any]:
+        return {self.field: None}
+
+    def live(self, doc: Mapping[str, Any], now: datetime) -> bool:
+        moment = parse_iso(doc.get(self.field))
+        if moment is None:
+            return False
+        return now - moment < self.duration if self.dated_by_start else moment > now
+
+
+def take_over(
+    store: StateStore,
+    key: str,
+    stored: Stored,
+    terms: LeaseTerms,
+    now: datetime,
+    *,
+    busy: str,
+    lost: str,
+    changes: Mapping[str, Any] | None = None,
+) -> Stored:
+    """Take the lease on a claimed record away from a delivery that let it lapse: a
+    compare-and-swap, so of several deliveries that found it expired exactly one wins.
+    TransientError (`busy`) while the lease is live, or (`lost`) when another won."""
+    if terms.live(stored.doc, now):
+        raise TransientError(busy)
+    taken = swap(store, key, stored, {**(changes or {}), **terms.stamp(now)})
+    if taken is None:
+        raise TransientError(lost)
+    return taken
+
+
 class Lease:
-    """A held claim on one record: taken by `take_lease`, renewed by every step and by a
-    heartbeat, and lost to another delivery only once it expired without a sign of life.
+    """A held lease on one record: taken by `take_lease`, renewed by every step and by a
+    heartbeat, and lost to another delivery only once it lapsed without a sign of life.
 
     Steps and the heartbeat both compare-and-swap the record: one at a time. Losing a swap
     means another delivery took the record over (this one outlived its lease)."""
@@ -107,12 +159,12 @@ class Lease:
         store: StateStore,
         key: str,
         held: Stored,
-        duration: timedelta,
+        terms: LeaseTerms,
         clock: Callable[[], datetime],
         what: str,
     ):
         self._store, self._key, self._held = store, key, held
-        self._duration, self._clock, self._what = duration, clock, what
+        self._terms, self._clock, self._what = terms, clock, what
         self._lock = threading.Lock()
         self._finished = False
 
@@ -120,15 +172,12 @@ class Lease:
     def doc(self) -> Mapping[str, Any]:
         return self._held.doc
 
-    def _until(self) -> str:
-        return iso(self._clock() + self._duration)
-
     def step(self, changes: Mapping[str, Any], *, strict: bool = True) -> None:
         """Record progress (renewing the lease); a lost swap raises TransientError when
         `strict`, so the delivery stops and leaves the record to its new holder."""
         with self._lock:
-            updated = swap(self._store, self._key, self._held,
-                           {"lease_until": self._until(), **changes})  # fmt: skip
+            renewed = {**self._terms.stamp(self._clock()), **changes}
+            updated = swap(self._store, self._key, self._held, renewed)
             if updated is not None:
                 self._held = updated
         if updated is None and strict:
@@ -136,7 +185,7 @@ class Lease:
 
     def release(self) -> None:
         """Give the lease up so that the redelivery may take over at once."""
-        self.step({"lease_until": None}, strict=False)
+        self.step(self._terms.released(), strict=False)
 
     def finish(self, changes: Mapping[str, Any]) -> None:
         """The last step: a beat still in flight leaves the record alone afterwards."""
@@ -149,7 +198,8 @@ class Lease:
             if self._finished:
                 return
             try:
-                updated = swap(self._store, self._key, self._held, {"lease_until": self._until()})
+                stamp = self._terms.stamp(self._clock())
+                updated = swap(self._store, self._key, self._held, stamp)
             except (TransientError, PermanentError) as err:
                 on_error(err)
                 return
@@ -161,7 +211,7 @@ def take_lease(
     store: StateStore,
     key: str,
     doc: Mapping[str, Any],
-    duration: timedelta,
+    terms: LeaseTerms,
     clock: Callable[[], datetime],
     *,
     what: str,
@@ -170,25 +220,22 @@ def take_lease(
 ) -> Lease | None:
     """The claim/lease/takeover protocol: the record's atomic create is the claim and the
     duplicate check in one request. None when the record says the work is `finished`;
-    TransientError while another delivery's lease is fresh (the redelivery finds the
-    work finished, or the lease expired); an expired lease is taken over by a
-    compare-and-swap (adding `takeover`), of which one delivery wins."""
+    TransientError while another delivery's lease is live (the redelivery finds the work
+    finished, or the lease lapsed); a lapsed lease is taken over (`take_over`, adding
+    `takeover`)."""
     now = clock()
-    created = claim(store, key, {**doc, "lease_until": iso(now + duration)}, now)
+    created = claim(store, key, {**doc, **terms.stamp(now)}, now)
     if created is not None:
-        return Lease(store, key, created, duration, clock, what)
+        return Lease(store, key, created, terms, clock, what)
     stored = store.read(key)
     if stored is None:
         raise TransientError(f"{what}: handling record vanished while being read")
     if finished(stored.doc):
         return None
-    lease = parse_iso(stored.doc.get("lease_until"))
-    if lease is not None and lease > now:
-        raise TransientError(f"{what} is being handled by another delivery")
-    taken = swap(store, key, stored, {"lease_until": iso(now + duration), **(takeover or {})})
-    if taken is None:
-        raise TransientError(f"{what} was taken over by another delivery")
-    return Lease(store, key, taken, duration, clock, what)
+    taken = take_over(store, key, stored, terms, now, changes=takeover,
+                      busy=f"{what} is being handled by another delivery",
+                      lost=f"{what} was taken over by another delivery")  # fmt: skip
+    return Lease(store, key, taken, terms, clock, what)
 
 
 class Ledger:
@@ -260,6 +307,15 @@ class Ledger:
     ) -> Stored | None:
         """Compare-and-swap: None when another delivery changed the record first."""
         return swap(self.store, run_key(pipeline, run_id), current, changes)
+
+    def take_over_run(
+        self, pipeline: str, run_id: str, stored: Stored, terms: LeaseTerms, now: datetime
+    ) -> Stored:
+        """Take over a run claim whose lease lapsed or was released (see `take_over`)."""
+        return take_over(self.store, run_key(pipeline, run_id), stored, terms, now,
+                         changes={"status": CLAIMED},
+                         busy=f"run {run_id} is being submitted by another delivery",
+                         lost=f"run {run_id} was taken over by another delivery")  # fmt: skip
 
     def list_runs(self, pipeline: str) -> list[str]:
         prefix = f"runs/{pipeline}/"
@@ -346,12 +402,12 @@ class JobLedger:
         pipeline: str,
         job_id: str,
         doc: Mapping[str, Any],
-        duration: timedelta,
+        terms: LeaseTerms,
         clock: Callable[[], datetime],
         takeover: Mapping[str, Any],
     ) -> Lease | None:
         """The lease on one job end (see `take_lease`); None once it was handled."""
-        return take_lease(self.store, f"handled/{pipeline}/{job_id}.json", doc, duration, clock,
+        return take_lease(self.store, f"handled/{pipeline}/{job_id}.json", doc, terms, clock,
                           what=f"job {job_id}", finished=lambda d: d.get("step") == "done",
                           takeover=takeover)  # fmt: skip
 

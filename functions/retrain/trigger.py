@@ -38,6 +38,7 @@ from retrain.ledger import (
     SUBMITTED,
     WAITING,
     JobLedger,
+    LeaseTerms,
     Ledger,
     iso,
     parse_iso,
@@ -64,6 +65,8 @@ from retrain.slots import Slots
 from retrain.submission import submit_run
 
 CLAIM_LEASE = timedelta(seconds=120)  # a claim older than this without a job is abandoned
+# The run claim's lease (see ledger.LeaseTerms): dated by when it was taken or renewed.
+RUN_CLAIM = LeaseTerms("claimed_at", CLAIM_LEASE, dated_by_start=True)
 DUPLICATE_WAIT_S = (0.2, 0.4, 0.8)  # how a duplicate waits for the claimant to finish
 
 
@@ -255,12 +258,7 @@ class Trigger:
         return outcome
 
     def _claim_is_live(self, record: dict[str, Any]) -> bool:
-        claimed_at = parse_iso(record.get("claimed_at"))
-        return (
-            record.get("status") == CLAIMED
-            and claimed_at is not None
-            and self._clock() - claimed_at < CLAIM_LEASE
-        )
+        return record.get("status") == CLAIMED and RUN_CLAIM.live(record, self._clock())
 
     # runs ------------------------------------------------------------------------------
     def _start(self, run: RunPlan, config: Config) -> Outcome:
@@ -282,7 +280,7 @@ class Trigger:
                 run.pipeline,
                 run.run_id,
                 claimed,
-                {"objects": sorted(covered), "claimed_at": iso(self._clock())},
+                {"objects": sorted(covered), **RUN_CLAIM.stamp(self._clock())},
             )
             if renewed is None:
                 log.warning("claim taken over while the pending objects were being covered")
@@ -357,7 +355,7 @@ class Trigger:
                 pipeline.name,
                 run_id,
                 current,
-                {"status": CLAIMED, "claimed_at": None, "slot": slot},
+                {"status": CLAIMED, **RUN_CLAIM.released(), "slot": slot},
             )
             raise
         now = self._clock()
@@ -556,14 +554,7 @@ class Trigger:
             ledger.close(pipeline.name, run_id)
             log.warning("adopted job created by an interrupted delivery", job_name=job.name)
             return Outcome("adopted", "found by label", run_id, job.name)
-        claimed_at = parse_iso(stored.doc.get("claimed_at"))
-        if claimed_at is not None and self._clock() - claimed_at < CLAIM_LEASE:
-            raise TransientError(f"run {run_id} is being submitted by another delivery")
-        taken = ledger.update_run(
-            pipeline.name, run_id, stored, {"status": CLAIMED, "claimed_at": iso(self._clock())}
-        )
-        if taken is None:
-            raise TransientError(f"run {run_id} was taken over by another delivery")
+        taken = ledger.take_over_run(pipeline.name, run_id, stored, RUN_CLAIM, self._clock())
         log.warning("taking over an abandoned claim")
         return self._admit_and_submit(pipeline, taken.doc, taken.generation, config)
 
