@@ -159,7 +159,7 @@ class App:
     def publisher(self) -> Any:
         with self._lock:
             if "publisher" not in self._adapters:
-                from retrain.adapters.notifiers import publisher_client
+                from retrain.adapters.clients import publisher_client
 
                 self._adapters["publisher"] = publisher_client()
             return self._adapters["publisher"]

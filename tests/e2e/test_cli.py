@@ -21,7 +21,7 @@ EVENTS = Path(__file__).resolve().parents[1] / "events"
 def retrain(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in EMULATOR_VARS}
     return subprocess.run(
-        [sys.executable, "-m", "localcloud.cli", *args],
+        [sys.executable, "-m", "retrain.cli", *args],
         cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
 

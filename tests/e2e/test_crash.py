@@ -16,9 +16,9 @@ import pytest
 
 from localcloud.demo.run import make_data
 from localcloud.procs import process_identity
-from localcloud.runs import load_config, run_records
 from localcloud.stack import read_env
 from localcloud.vertex.jobs import RERUN_MESSAGE
+from retrain.cli.runs import load_config, run_records
 from tests.e2e.test_cli import retrain
 
 pytestmark = pytest.mark.slow

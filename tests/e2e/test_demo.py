@@ -21,7 +21,7 @@ TABLE_ROW = re.compile(r"^\s+\| (\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)(\s+<- chos
 def test_the_demo_deploys_both_pipelines_and_shows_the_chosen_trial(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in EMULATOR_VARS}
     demo = subprocess.run(
-        [sys.executable, "-m", "localcloud.cli", "local", "demo", "--epochs", "5",
+        [sys.executable, "-m", "retrain.cli", "local", "demo", "--epochs", "5",
          "--dir", str(tmp_path / "demo"), "--timeout", "400"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip

@@ -34,9 +34,9 @@ from google.api_core import exceptions
 from google.cloud import pubsub_v1
 
 from localcloud.demo.run import make_data, split
-from localcloud.runs import list_runs, load_config, run_records, storage, vertex
 from localcloud.stack import DEMO_CONFIG, Options, Stack
 from localcloud.webhook import WebhookSink
+from retrain.cli.runs import list_runs, load_config, run_records, storage, vertex
 from retrain.planner import request_run_id
 
 pytestmark = pytest.mark.slow
@@ -181,7 +181,7 @@ class World:
         """The `retrain` command as a person runs it next to this localcloud."""
         env = {k: v for k, v in os.environ.items() if k not in EMULATOR_VARS}
         return subprocess.run(
-            [sys.executable, "-m", "localcloud.cli", *args, "--dir", str(self.dir)],
+            [sys.executable, "-m", "retrain.cli", *args, "--dir", str(self.dir)],
             env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
 

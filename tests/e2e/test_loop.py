@@ -19,10 +19,10 @@ from google.api_core import exceptions
 from google.cloud import aiplatform_v1, pubsub_v1
 
 from localcloud.demo.run import make_data, split
-from localcloud.runs import load_config, predict, run_records, storage, vertex
 from localcloud.stack import DEMO_CONFIG, Options, Stack
 from localcloud.vertex.jobs import RERUN_MESSAGE
 from localcloud.webhook import WebhookSink
+from retrain.cli.runs import load_config, predict, run_records, storage, vertex
 
 TIMEOUT_S = 240
 

@@ -40,13 +40,14 @@ NOT_SOURCE = shutil.ignore_patterns(
 # What the installed code reports about itself, from a fresh interpreter.
 PROBE = """
 import json, localcloud, retrain, trainer
-import retrain.adapters, localcloud.vertex, localcloud.pubsub, localcloud.demo
+import retrain.adapters, retrain.cli, localcloud.vertex, localcloud.pubsub, localcloud.demo
 from localcloud.functions import FUNCTIONS_SOURCE
 from localcloud.router import SHARED_FILTER_PATH
 from localcloud.stack import DEMO_CONFIG
 print(json.dumps({
     "packages": [m.__file__ for m in (retrain, trainer, localcloud, retrain.adapters,
-                                      localcloud.vertex, localcloud.pubsub, localcloud.demo)],
+                                      retrain.cli, localcloud.vertex, localcloud.pubsub,
+                                      localcloud.demo)],
     "read_at_run_time": [str(p) for p in (FUNCTIONS_SOURCE, SHARED_FILTER_PATH, DEMO_CONFIG)],
 }))
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from localcloud.cli import main
+from retrain.cli import main
 from tests.fakes import SAMPLE_CONFIG
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from localcloud.runs import judged
+from retrain.cli.runs import judged
 
 
 def test_same_rows_eval_set_and_recorded_comparisons_read_with_both_figures():

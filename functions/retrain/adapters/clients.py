@@ -20,8 +20,58 @@ def storage_client(settings: Settings, project: str) -> Any:
     if settings.storage_emulator:
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(project=project or "local", credentials=AnonymousCredentials())
+        # The endpoint is passed, not only left to the library's reading of the process
+        # environment: the CLI builds clients for an environment read from a file.
+        return storage.Client(
+            project=project or "local",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": settings.storage_emulator},
+        )
     return storage.Client(project=project or None)
+
+
+def publisher_client() -> Any:
+    """A Pub/Sub PublisherClient; PUBSUB_EMULATOR_HOST makes it talk to the emulator,
+    anonymously (the library reads it from the process environment)."""
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    return pubsub_v1.PublisherClient()
+
+
+def logging_rest_client(settings: Settings, project: str) -> Any | None:
+    """The high-level Cloud Logging client over REST, for an `http://` LOGGING_API_ENDPOINT
+    (anonymously); None when the settings select gRPC (`logging_gapic_client`)."""
+    endpoint = settings.logging_endpoint
+    if settings.logging_emulator or not endpoint or not endpoint.startswith("http://"):
+        return None
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import logging as gcl
+
+    return gcl.Client(
+        project=project or "local",
+        credentials=AnonymousCredentials(),
+        _use_grpc=False,
+        client_options={"api_endpoint": endpoint},
+    )
+
+
+def logging_gapic_client(settings: Settings) -> Any:
+    """The GAPIC `LoggingServiceV2Client` (the call the high-level client makes underneath):
+    production, a LOGGING_API_ENDPOINT, or a plaintext gRPC emulator (LOGGING_EMULATOR_HOST)."""
+    from google.cloud.logging_v2.services.logging_service_v2 import LoggingServiceV2Client
+
+    if settings.logging_emulator:
+        import grpc
+        from google.cloud.logging_v2.services.logging_service_v2.transports import (
+            LoggingServiceV2GrpcTransport,
+        )
+
+        # The GAPIC transport always wraps its channel in TLS; the emulator is plaintext.
+        channel = grpc.insecure_channel(settings.logging_emulator)
+        return LoggingServiceV2Client(transport=LoggingServiceV2GrpcTransport(channel=channel))
+    if settings.logging_endpoint:
+        return LoggingServiceV2Client(client_options={"api_endpoint": settings.logging_endpoint})
+    return LoggingServiceV2Client()
 
 
 @dataclass(frozen=True)

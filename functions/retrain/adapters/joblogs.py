@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from retrain.adapters.clients import logging_gapic_client, logging_rest_client
 from retrain.adapters.errors import translated
 from retrain.settings import Settings
 
@@ -20,33 +21,10 @@ SCAN_ENTRIES = 200
 def logging_client(settings: Settings, project: str) -> Any:
     """An object with `list_entries(resource_names, filter_, order_by, max_results,
     page_size)` returning entries, over the transport the settings select."""
-    endpoint = settings.logging_endpoint
-    if not settings.logging_emulator and endpoint and endpoint.startswith("http://"):
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import logging as gcl
-
-        return gcl.Client(
-            project=project or "local",
-            credentials=AnonymousCredentials(),
-            _use_grpc=False,
-            client_options={"api_endpoint": endpoint},
-        )
-    from google.cloud.logging_v2.services.logging_service_v2 import LoggingServiceV2Client
-
-    if settings.logging_emulator:
-        import grpc
-        from google.cloud.logging_v2.services.logging_service_v2.transports import (
-            LoggingServiceV2GrpcTransport,
-        )
-
-        # The GAPIC transport always wraps its channel in TLS; the emulator is plaintext.
-        channel = grpc.insecure_channel(settings.logging_emulator)
-        gapic = LoggingServiceV2Client(transport=LoggingServiceV2GrpcTransport(channel=channel))
-    elif endpoint:
-        gapic = LoggingServiceV2Client(client_options={"api_endpoint": endpoint})
-    else:
-        gapic = LoggingServiceV2Client()
-    return _GrpcEntries(gapic)
+    rest = logging_rest_client(settings, project)
+    if rest is not None:
+        return rest
+    return _GrpcEntries(logging_gapic_client(settings))
 
 
 class _GrpcEntries:

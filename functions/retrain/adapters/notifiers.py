@@ -85,10 +85,3 @@ class PubSubNotifier:
         with translated(f"publish to {self._topic}"):
             future = self._publisher().publish(self._topic, data, **attributes)
             future.result(timeout=PUBLISH_TIMEOUT_S)
-
-
-def publisher_client() -> Any:
-    """A PublisherClient; PUBSUB_EMULATOR_HOST makes it talk to the emulator, anonymously."""
-    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-
-    return pubsub_v1.PublisherClient()

@@ -161,7 +161,7 @@ class _Demo:
     def __init__(self, stack: Any, directory: Path, started: float, timeout: float):
         from google.cloud import pubsub_v1
 
-        from localcloud.runs import load_config, storage, vertex
+        from retrain.cli.runs import load_config, storage, vertex
 
         self.stack = stack
         self.env = stack.env
@@ -204,7 +204,7 @@ class _Demo:
         return time.time()
 
     def run_batch(self, batch: Batch) -> RunResult:
-        from localcloud.runs import run_records
+        from retrain.cli.runs import run_records
 
         result = RunResult(batch.name, batch.pipeline)
         dropped_at = self.drop(batch, self.dir / "data")
@@ -275,7 +275,7 @@ class _Demo:
     def _show_trials(self, result: RunResult, job: Any) -> None:
         """The trial table, and the trial job-events chose (from the run record it updates
         once the outcome is known)."""
-        from localcloud.runs import run_records
+        from retrain.cli.runs import run_records
 
         result.trials = trial_rows(job)
         # Only a judged model has a chosen trial: a failed tuning job has none to wait for.
@@ -389,7 +389,7 @@ class _Demo:
     ) -> tuple[float, float]:
         """Held-out accuracy through the pipeline's endpoint, and the seconds the predict
         call took."""
-        from localcloud.runs import predict
+        from retrain.cli.runs import predict
 
         instances = [{k: v for k, v in row.items() if k != "digit"} for row in held_out]
         began = time.monotonic()

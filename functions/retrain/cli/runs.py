@@ -1,88 +1,62 @@
-"""Reading the product's state for people: the runs table and predictions through an
-endpoint, with the official clients (localcloud or Google Cloud alike)."""
+"""Reading the product's state for people: the runs table, reruns and predictions through
+an endpoint, through the core (the config source, the ledger, the adapters' clients), on
+localcloud or Google Cloud alike."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from localcloud.errors import LocalCloudError
+from retrain.cli.env import NOT_SET, storage, vertex
+from retrain.cli.errors import CliError
+from retrain.config import Config
 
-if TYPE_CHECKING:
-    from retrain.adapters.clients import VertexConnection
 
-
-def load_config(env: Mapping[str, str]) -> Any:
-    from retrain.config import parse_config
-    from retrain.errors import ConfigError
+def load_config(env: Mapping[str, str]) -> Config:
+    """The config RETRAIN_CONFIG names, read as the functions read it."""
+    from retrain.adapters.gcs import GcsBlobs
+    from retrain.config_source import ConfigSource
+    from retrain.errors import RetrainError
 
     uri = env.get("RETRAIN_CONFIG")
     if not uri:
-        raise LocalCloudError("RETRAIN_CONFIG is not set (and no localcloud runs in --dir)")
+        raise CliError(NOT_SET.format("RETRAIN_CONFIG"))
     try:
-        if uri.startswith("gs://"):
-            bucket, _, name = uri.removeprefix("gs://").partition("/")
-            text = storage(env).bucket(bucket).blob(name).download_as_text()
-        else:
-            with open(uri, encoding="utf-8") as handle:
-                text = handle.read()
-        return parse_config(text, uri)
-    except (OSError, ConfigError) as err:
-        raise LocalCloudError(f"config invalid: {err}") from err
+        return ConfigSource(uri, GcsBlobs(lambda: storage(env))).get()
+    except (OSError, RetrainError) as err:
+        raise CliError(f"config invalid: {err}") from err
 
 
-def storage(env: Mapping[str, str]) -> Any:
-    from google.cloud import storage as gcs  # type: ignore[attr-defined]
+def ledger(env: Mapping[str, str], config: Config) -> Any:
+    from retrain.adapters.gcs import GcsStateStore
+    from retrain.ledger import Ledger
 
-    if env.get("STORAGE_EMULATOR_HOST"):
-        from google.auth.credentials import AnonymousCredentials
-
-        return gcs.Client(
-            project=env.get("GOOGLE_CLOUD_PROJECT") or "localcloud",
-            credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]},
-        )
-    return gcs.Client(project=env.get("GOOGLE_CLOUD_PROJECT") or None)
-
-
-def vertex(env: Mapping[str, str], region: str) -> VertexConnection:
-    """The connection the functions use under this environment (gRPC to an emulator host,
-    REST to an http:// endpoint, or Google Cloud)."""
-    from retrain.adapters.clients import vertex_connection
-    from retrain.settings import Settings
-
-    settings = Settings(
-        config_uri=env.get("RETRAIN_CONFIG", ""),
-        project=env.get("GOOGLE_CLOUD_PROJECT", ""),
-        vertex_endpoint=env.get("VERTEX_API_ENDPOINT") or None,
-        vertex_emulator=env.get("VERTEX_EMULATOR_HOST") or None,
-    )
-    return vertex_connection(settings, region)
+    return Ledger(GcsStateStore(storage(env), config.defaults.state_uri))
 
 
 def run_records(
-    env: Mapping[str, str], config: Any, pipeline: str | None = None
+    env: Mapping[str, str], config: Config, pipeline: str | None = None
 ) -> list[dict[str, Any]]:
-    bucket, _, prefix = config.defaults.state_uri.removeprefix("gs://").partition("/")
-    base = f"{prefix.strip('/')}/runs/" if prefix.strip("/") else "runs/"
-    if pipeline:
-        base += f"{pipeline}/"
-    client = storage(env)
+    """The run records of `pipeline` (of every configured pipeline when None), oldest
+    first."""
+    runs = ledger(env, config)
     records = []
-    for blob in client.list_blobs(bucket, prefix=base):
-        if blob.name.endswith(".json"):
-            records.append(json.loads(blob.download_as_bytes()))
+    for name in [pipeline] if pipeline else list(config.pipelines):
+        for run_id in runs.list_runs(name):
+            stored = runs.read_run(name, run_id)
+            if stored is not None:
+                records.append(dict(stored.doc))
     return sorted(records, key=lambda r: r.get("created_at") or "")
 
 
-def list_runs(env: Mapping[str, str], pipeline: str | None = None) -> list[dict[str, Any]]:
+def _unknown(pipeline: str, config: Config) -> CliError:
+    return CliError(f"unknown pipeline {pipeline!r} (configured: {', '.join(config.pipelines)})")
 
+
+def list_runs(env: Mapping[str, str], pipeline: str | None = None) -> list[dict[str, Any]]:
     config = load_config(env)
     if pipeline and pipeline not in config.pipelines:
-        raise LocalCloudError(
-            f"unknown pipeline {pipeline!r} (configured: {', '.join(config.pipelines)})"
-        )
+        raise _unknown(pipeline, config)
     jobs = vertex(env, config.defaults.region).client("JobServiceClient")
     rows = []
     for record in run_records(env, config, pipeline):
@@ -127,23 +101,22 @@ def judged(record: Mapping[str, Any]) -> str:
     return f"{new:.4f} vs champion {champion:.4f} ({where})"
 
 
-def rerun_problem(env: Mapping[str, str], config: Any, pipeline: str, run_id: str) -> str | None:
+def rerun_problem(env: Mapping[str, str], config: Config, pipeline: str, run_id: str) -> str | None:
     """Why `run_id` cannot be rerun on exactly its inputs, checked with the storage client
     before anything is published (the trigger checks again): unknown run, no manifest, or a
     pinned generation that is gone."""
-    from retrain.adapters.gcs import GcsDataObjects, GcsStateStore
+    from retrain.adapters.gcs import GcsDataObjects
     from retrain.inputs import gone, parse_manifest
-    from retrain.ledger import Ledger
 
     if pipeline not in config.pipelines:
         return f"unknown pipeline {pipeline!r} (configured: {', '.join(config.pipelines)})"
-    client = storage(env)
-    stored = Ledger(GcsStateStore(client, config.defaults.state_uri)).read_run(pipeline, run_id)
+    stored = ledger(env, config).read_run(pipeline, run_id)
     if stored is None:
         return f"pipeline {pipeline} has no run {run_id}"
     manifest = stored.doc.get("data_manifest")
     if not manifest:
         return f"run {run_id} has no input manifest: it predates pinned inputs"
+    client = storage(env)
     objects = GcsDataObjects(lambda: client)
     text = objects.read_text(manifest)
     if text is None:
@@ -157,61 +130,12 @@ def rerun_problem(env: Mapping[str, str], config: Any, pipeline: str, run_id: st
     return None
 
 
-def runs_table(rows: list[dict[str, Any]]) -> Any:
-    from rich.table import Table
-
-    table = Table(title="runs")
-    columns = [
-        "pipeline",
-        "run",
-        "trigger",
-        "created",
-        "job",
-        "state",
-        "metric",
-        "judged",
-        "version",
-        "outcome",
-    ]
-    for column in columns:
-        table.add_column(column, overflow="fold")  # wrapped, never cut to "…"
-    for row in rows:
-        table.add_row(*(row[c] for c in columns))
-    return table
-
-
-def print_runs(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:
-        # Piped or captured output has no width to fit: print whole cells on one line.
-        console = Console(width=250)
-    console.print(runs_table(rows) if rows else "no runs yet")
-
-
-def watch_runs(env: Mapping[str, str], pipeline: str | None, interval_s: float = 2.0) -> None:
-    """The runs table, redrawn in place until Ctrl-C: a live view of runs as they go from
-    claimed to submitted, running, and their outcome."""
-    import time
-
-    from rich.live import Live
-
-    with Live(runs_table(list_runs(env, pipeline)), refresh_per_second=4) as live:
-        while True:
-            time.sleep(interval_s)
-            live.update(runs_table(list_runs(env, pipeline)))
-
-
-def endpoint_name(env: Mapping[str, str], config: Any, pipeline: str) -> str:
-
+def endpoint_name(env: Mapping[str, str], config: Config, pipeline: str) -> str:
     spec = config.pipelines.get(pipeline)
     if spec is None:
-        raise LocalCloudError(
-            f"unknown pipeline {pipeline!r} (configured: {', '.join(config.pipelines)})"
-        )
+        raise _unknown(pipeline, config)
     if spec.deploy is None:
-        raise LocalCloudError(f"pipeline {pipeline!r} has no [deploy] table: nothing serves it")
+        raise CliError(f"pipeline {pipeline!r} has no [deploy] table: nothing serves it")
     project = config.defaults.project or env.get("GOOGLE_CLOUD_PROJECT")
     client = vertex(env, config.defaults.region).client("EndpointServiceClient")
     parent = f"projects/{project}/locations/{config.defaults.region}"
@@ -221,7 +145,7 @@ def endpoint_name(env: Mapping[str, str], config: Any, pipeline: str) -> str:
         )
     )
     if not found:
-        raise LocalCloudError(
+        raise CliError(
             f"endpoint {spec.deploy.endpoint!r} does not exist yet: no model was deployed"
         )
     return str(found[0].name)
