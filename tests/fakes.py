@@ -5,13 +5,33 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from retrain.bundle import Lazy, Ports
+from retrain.config import Config, Pipeline
 from retrain.jobspec import JobSpec
-from retrain.ports import JobInfo, JobNotFound, Listed, Objective, Stored, Trial, job_name
+from retrain.ledger import Ledger
+from retrain.ports import (
+    Blobs,
+    DataObjects,
+    Endpoints,
+    JobInfo,
+    JobLogs,
+    JobNotFound,
+    Listed,
+    ModelRegistry,
+    Notifier,
+    Objective,
+    Stored,
+    TrainingService,
+    Trial,
+    job_name,
+)
+
+T = TypeVar("T")
 
 SAMPLE_CONFIG = """
 [defaults]
@@ -195,3 +215,36 @@ class FakeTraining:
         with self._lock:
             job = replace(self.jobs[name], state=state, error_message=error)
             self.jobs[name] = job if trials is None else replace(job, trials=trials)
+
+
+def fake_ports(
+    config: Config,
+    ledger: Ledger,
+    training: TrainingService,
+    *,
+    project: str = "acme-ml",
+    blobs: Blobs | None = None,
+    notifiers: Callable[[Pipeline], list[Notifier]] = lambda _pipeline: [],
+    registry: ModelRegistry | None = None,
+    endpoints: Endpoints | None = None,
+    job_logs: JobLogs | None = None,
+    objects: DataObjects | None = None,
+) -> Ports:
+    """The bundle the composition root would build for `config`, over fakes; ports left
+    out are absent, as the trigger's unit tests run them."""
+
+    def lazy(value: T | None) -> Lazy[T] | None:
+        return None if value is None else Lazy.of(value)
+
+    return Ports(
+        config=config,
+        project=Lazy.of(project),
+        ledger=Lazy.of(ledger),
+        training=Lazy.of(training),
+        blobs=lazy(blobs),
+        notifiers=notifiers,
+        registry=lazy(registry),
+        endpoints=lazy(endpoints),
+        job_logs=lazy(job_logs),
+        objects=lazy(objects),
+    )

@@ -1,4 +1,5 @@
-"""The composition root: builds adapters once per cold start, lazily, from settings.
+"""The composition root: builds adapters once per cold start, lazily, from settings, and
+hands the handlers one bundle of ports per config (bundle.py).
 
 Nothing here runs at import time. Clients are created on first use, so an event that is
 ignored never imports the Vertex client library."""
@@ -11,6 +12,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from retrain.bundle import Lazy, Ports
 from retrain.config import Config, Pipeline
 from retrain.config_source import ConfigSource
 from retrain.errors import ConfigError, InvalidEvent, PermanentError, TransientError
@@ -32,6 +34,7 @@ class App:
         self._ledgers: dict[str, Ledger] = {}
         self._training: dict[tuple[str, str], TrainingService] = {}
         self._adapters: dict[Any, Any] = {}
+        self._ports: Ports | None = None
         from retrain.adapters.gcs import GcsBlobs
 
         self.config_source = ConfigSource(settings.config_uri, GcsBlobs(self.storage))
@@ -74,39 +77,40 @@ class App:
                 self._training[key] = VertexTraining(key[0], key[1], connection)
             return self._training[key]
 
+    def ports(self) -> Ports:
+        """The bundle of ports for the current config: built once per config (a reloaded
+        config gets a new one; the clients underneath are shared). Each port is built on
+        first use: an ignored event never imports the Vertex client."""
+        config = self.config()
+        with self._lock:
+            built = self._ports
+            if built is not None and built.config is config:
+                return built
+        from retrain.adapters.gcs import GcsBlobs, GcsDataObjects
+
+        ports = Ports(
+            config=config,
+            project=Lazy(lambda: self.project(config)),
+            ledger=Lazy(lambda: self.ledger(config)),
+            training=Lazy(lambda: self.training(config)),
+            notifiers=self.notifiers,
+            blobs=Lazy.of(GcsBlobs(self.storage)),
+            registry=Lazy(lambda: self._vertex(config_key="registry")(config)),
+            endpoints=Lazy(lambda: self._vertex(config_key="endpoints")(config)),
+            job_logs=Lazy(lambda: self.job_logs(config)),
+            objects=Lazy.of(GcsDataObjects(self.storage)),
+        )
+        with self._lock:
+            self._ports = ports
+        return ports
+
     @functools.cached_property
     def trigger(self) -> Trigger:
-        from retrain.adapters.gcs import GcsDataObjects
-
-        objects = GcsDataObjects(self.storage)
-        return Trigger(
-            self.config,
-            self.ledger,
-            self.training,
-            self.log,
-            notifiers=self.notifiers,
-            objects=lambda _config: objects,
-            # The champion is looked up on submission only: an ignored event never imports
-            # the Vertex client.
-            registry=self._vertex(config_key="registry"),
-        )
+        return Trigger(self.ports, self.log)
 
     @functools.cached_property
     def job_events(self) -> JobEvents:
-        from retrain.adapters.gcs import GcsBlobs
-
-        return JobEvents(
-            self.config,
-            self.ledger,
-            self.training,
-            self._vertex(config_key="registry"),
-            self._vertex(config_key="endpoints"),
-            GcsBlobs(self.storage),
-            self.job_logs,
-            self.notifiers,
-            self.project,
-            self.log,
-        )
+        return JobEvents(self.ports, self.log)
 
     def _vertex(self, config_key: str) -> Callable[[Config], Any]:
         """A per-(project, region) cache of the registry or endpoints adapter."""

@@ -167,7 +167,7 @@ class Deployer:
             endpoint=endpoint.name,
             canary_percent=canary or None,
         )
-        self._announcer.announce(end.config, end.pipeline, message, end.log)
+        self._announcer.announce(end.pipeline, message, end.log)
         detail = f"{version.name} on {endpoint.name}" + (f" ({canary}% canary)" if canary else "")
         changes = {"model_version": version.name, "endpoint": endpoint.name, **gate}
         return Handled(end.outcome(notify.DEPLOYED, detail), changes)
@@ -191,7 +191,7 @@ class Deployer:
             metric_name=deploy.metric if deploy else None,
             **gate,
         )
-        self._announcer.announce(end.config, end.pipeline, message, end.log)
+        self._announcer.announce(end.pipeline, message, end.log)
         return Handled(end.outcome(notify.REJECTED, reason), gate)
 
     def _rolled_back(
@@ -209,5 +209,5 @@ class Deployer:
             model_version=version.name,
             endpoint=endpoint,
         )
-        self._announcer.announce(end.config, end.pipeline, message, end.log)
+        self._announcer.announce(end.pipeline, message, end.log)
         return Handled(end.outcome(notify.ROLLED_BACK, reason), {"model_version": version.name})

@@ -56,7 +56,7 @@ class FailureReports:
         if kind == notify.FAILED and notify.wanted(end.pipeline.notify, kind):
             tail = self._log_tail(end)
         message = self._announcer.about(end, kind, error=error, log_tail=tuple(tail))
-        self._announcer.announce(end.config, end.pipeline, message, end.log)
+        self._announcer.announce(end.pipeline, message, end.log)
         return Handled(end.outcome(kind, error or end.job.state))
 
     def _log_tail(self, end: JobEnd) -> list[str]:

@@ -29,10 +29,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from retrain import notify
 from retrain import trials as tuning_trials
+from retrain.bundle import Lazy, Ports
 from retrain.config import Config, Pipeline
 from retrain.deployer import Deployer
 from retrain.errors import ConfigError, InvalidEvent, PermanentError, TransientError
@@ -41,20 +42,10 @@ from retrain.failures import FailureReports, fallback_attempt, is_stockout
 from retrain.heartbeat import Heartbeat
 from retrain.jobend import CANCELLED, CHAMPION, SUCCEEDED, Handled, JobEnd, Outcome, resource_id
 from retrain.jobspec import PIPELINE_LABEL, RUN_LABEL, label_value
-from retrain.ledger import JobLedger, Lease, LeaseTerms, Ledger, iso
+from retrain.ledger import Lease, LeaseTerms, Ledger, iso
 from retrain.logs import Logger
 from retrain.notifying import Announcer
-from retrain.ports import (
-    Blobs,
-    Endpoints,
-    JobInfo,
-    JobLogs,
-    JobNotFound,
-    ModelRegistry,
-    Notifier,
-    TrainingService,
-    job_name,
-)
+from retrain.ports import JobInfo, JobNotFound, job_name
 from retrain.rollout import Rollout
 from retrain.slots import Slots
 from retrain.ticks import Ticks
@@ -68,39 +59,24 @@ __all__ = ["CHAMPION", "HEARTBEAT_S", "LEASE", "JobEnded", "JobEvents", "Outcome
 # delivery's job end is taken over within a minute and a slow one keeps its own.
 LEASE = timedelta(seconds=45)
 HEARTBEAT_S = 15.0
+T = TypeVar("T")
 JOB_END_LEASE = LeaseTerms("lease_until", LEASE)  # dated by when it runs out
 
 
 class JobEvents:
     def __init__(
         self,
-        config: Callable[[], Config],
-        ledger: Callable[[Config], Ledger],
-        training: Callable[[Config], TrainingService],
-        registry: Callable[[Config], ModelRegistry],
-        endpoints: Callable[[Config], Endpoints],
-        blobs: Blobs,
-        job_logs: Callable[[Config], JobLogs],
-        notifiers: Callable[[Pipeline], list[Notifier]],
-        project: Callable[[Config], str],
+        ports: Callable[[], Ports],
         log: Logger,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
         heartbeat_s: float = HEARTBEAT_S,
     ):
-        self._config = config
-        self._ledger = ledger
-        self._training = training
+        self._ports = ports  # the current config's bundle (see bundle.py)
         self._heartbeat = Heartbeat(heartbeat_s)
-        self._registry = registry
-        self._endpoints = endpoints
-        self._blobs = blobs
-        self._job_logs = job_logs
-        self._project = project
         self._log = log
         self._clock = clock
         self._sleep = sleep
-        self._announcer = Announcer(notifiers, self._jobs, project)
 
     def handle(self, event: Event) -> list[Outcome]:
         if isinstance(event, Unhandled):
@@ -112,29 +88,29 @@ class JobEvents:
                 f"{type(event).__name__} {event.event_id} is not a job event: "
                 "the job-events function takes job log entries, incidents and ticks"
             )
-        config = self._config()
+        ports = self._ports()
         if isinstance(event, Tick):
-            return self._ticks(config, event.event_id).run(event.event_id)
-        job = self._read_job(config, event.job_id)
-        return [self._on_job(config, job, event.event_id)]
+            return self._ticks(ports, event.event_id).run(event.event_id)
+        job = self._read_job(ports, event.job_id)
+        return [self._on_job(ports, job, event.event_id)]
 
-    def _ticks(self, config: Config, event_id: str) -> Ticks:
+    def _ticks(self, ports: Ports, event_id: str) -> Ticks:
         return Ticks(
-            config,
-            self._training(config),
-            self._jobs(config),
-            lambda: self._rollout(config),
-            self._announcer,
-            lambda job: self._on_job(config, job, event_id),
+            ports.config,
+            ports.training(),
+            ports.claims(),
+            lambda: self._rollout(ports),
+            _announcer(ports),
+            lambda job: self._on_job(ports, job, event_id),
             self._log,
             self._clock,
         )
 
-    def _read_job(self, config: Config, job_id: str) -> JobInfo:
+    def _read_job(self, ports: Ports, job_id: str) -> JobInfo:
         """The job a log entry names: its id alone does not say which kind it is, so a
         CustomJob (the usual case) is looked up first, then a HyperparameterTuningJob."""
-        training = self._training(config)
-        project, region = self._project(config), config.defaults.region
+        training = ports.training()
+        project, region = ports.project(), ports.config.defaults.region
         custom = job_name(project, region, job_id)
         try:
             return training.get(custom)
@@ -148,7 +124,8 @@ class JobEvents:
             ) from err
 
     # one job end -----------------------------------------------------------------------
-    def _on_job(self, config: Config, job: JobInfo, event_id: str) -> Outcome:
+    def _on_job(self, ports: Ports, job: JobInfo, event_id: str) -> Outcome:
+        config = ports.config
         log = self._log.bind(event_id=event_id, job_name=job.name)
         pipeline = _pipeline_of(config, job)
         run_id = job.labels.get(RUN_LABEL)
@@ -160,11 +137,11 @@ class JobEvents:
         if not job.terminal:
             log.info("job ignored", reason=f"job is {job.state}")
             return Outcome("ignored", f"job is {job.state}", run_id, job.name)
-        if pipeline.tuning and not job.is_tuning and self._is_trial(config, pipeline, run_id):
+        if pipeline.tuning and not job.is_tuning and self._is_trial(ports, pipeline, run_id):
             reason = "a trial's CustomJob: the run ends with its HyperparameterTuningJob"
             log.info("job ignored", reason=reason)
             return Outcome("ignored", reason, run_id, job.name)
-        jobs = self._jobs(config)
+        jobs = ports.claims()
         # The lease's atomic create is also the duplicate check: a done record stops it.
         claim = {"job": job.name, "run_id": run_id, "state": job.state, "step": "claimed",
                  "claimed_at": iso(self._clock())}  # fmt: skip
@@ -179,7 +156,7 @@ class JobEvents:
         if lease is None:
             log.info("duplicate delivery: job end already handled")
             return Outcome("duplicate", "already handled", run_id, job.name)
-        record = self._ledger(config).read_run(pipeline.name, run_id)
+        record = ports.ledger().read_run(pipeline.name, run_id)
         # A tuning job's model is its best trial's.
         trial = tuning_trials.best(job) if job.state == SUCCEEDED and job.is_tuning else None
         end = JobEnd(config, pipeline, job, run_id, record, log, trial)
@@ -192,7 +169,7 @@ class JobEvents:
         renew_failed = lambda err: log.warning("lease not renewed", error=str(err))  # noqa: E731
         with self._heartbeat.keep(lambda: lease.renew(renew_failed)):
             try:
-                handled = self._dispatch(end, lease)
+                handled = self._dispatch(ports, end, lease)
             except (TransientError, ConfigError):
                 lease.release()  # so that the redelivery may take over at once
                 raise
@@ -203,52 +180,45 @@ class JobEvents:
         outcome = handled.outcome
         lease.finish({"step": "done", "outcome": outcome.action, "error": None})
         jobs.mark_done(pipeline.name, job.job_id, outcome.action)
-        self._record_outcome(end, handled)
+        self._record_outcome(ports.ledger(), end, handled)
         log.info(f"job end handled: {outcome.action}", detail=outcome.detail)
         return outcome
 
-    def _is_trial(self, config: Config, pipeline: Pipeline, run_id: str) -> bool:
+    def _is_trial(self, ports: Ports, pipeline: Pipeline, run_id: str) -> bool:
         """Whether a CustomJob carrying a run's labels is a trial of that run's tuning job
         (should Vertex copy the labels onto trials): the run record names the tuning job."""
-        stored = self._ledger(config).read_run(pipeline.name, run_id)
+        stored = ports.ledger().read_run(pipeline.name, run_id)
         recorded = (stored.doc.get("job_name") or "") if stored else ""
         return "/hyperparameterTuningJobs/" in recorded
 
-    def _dispatch(self, end: JobEnd, lease: Lease) -> Handled:
+    def _dispatch(self, ports: Ports, end: JobEnd, lease: Lease) -> Handled:
         """Route the job end to the part that handles it."""
-        failures = FailureReports(lambda: self._job_logs(end.config), self._announcer)
+        failures = FailureReports(_need(ports.job_logs, "job_logs"), _announcer(ports))
         job = end.job
         if job.state == SUCCEEDED and job.is_tuning and end.trial is None:
             metric = job.objective.metric if job.objective else "the study's metric"
             error = f"no trial succeeded with a value of {metric}"
             return failures.ended_badly(end, notify.FAILED, error=error)
         if job.state == SUCCEEDED:
-            return self._deployer(end.config).succeeded(end, lease)
+            return self._deployer(ports).succeeded(end, lease)
         if job.state == CANCELLED:
             return failures.ended_badly(end, notify.CANCELLED)
         attempt = fallback_attempt(end)
         if attempt is not None:
-            return failures.fall_back(end, attempt, self._training(end.config))
+            return failures.fall_back(end, attempt, ports.training())
         return failures.ended_badly(end, notify.FAILED)
 
-    def _deployer(self, config: Config) -> Deployer:
-        return Deployer(
-            self._registry(config),
-            self._rollout(config),
-            self._jobs(config),
-            self._announcer,
-            self._clock,
-        )
+    def _deployer(self, ports: Ports) -> Deployer:
+        registry = _need(ports.registry, "registry")
+        return Deployer(registry(), self._rollout(ports), ports.claims(), _announcer(ports),
+                        self._clock)  # fmt: skip
 
-    def _rollout(self, config: Config) -> Rollout:
-        return Rollout(self._endpoints(config), self._blobs, self._sleep)
+    def _rollout(self, ports: Ports) -> Rollout:
+        return Rollout(_need(ports.endpoints, "endpoints")(), _need(ports.blobs, "blobs")(),
+                       self._sleep)  # fmt: skip
 
-    def _jobs(self, config: Config) -> JobLedger:
-        return JobLedger(self._ledger(config).store)
-
-    def _record_outcome(self, end: JobEnd, handled: Handled) -> None:
+    def _record_outcome(self, ledger: Ledger, end: JobEnd, handled: Handled) -> None:
         """The run record keeps the lineage: outcome, model version, endpoint, new job."""
-        ledger = self._ledger(end.config)
         outcome = handled.outcome
         changes: dict[str, Any] = {"outcome": outcome.action, "outcome_detail": outcome.detail,
                                    **handled.run_changes}  # fmt: skip
@@ -263,6 +233,18 @@ class JobEvents:
                 return
             current = ledger.read_run(end.pipeline.name, end.run_id)
         end.log.warning("run record not updated: it kept changing", changes=changes)
+
+
+def _announcer(ports: Ports) -> Announcer:
+    return Announcer(ports.notifiers, ports.claims, ports.project)
+
+
+def _need(port: Lazy[T] | None, name: str) -> Lazy[T]:
+    """A port the job-events function cannot do without (the bundle makes it optional
+    for the trigger's sake)."""
+    if port is None:
+        raise ConfigError(f"the job-events function needs the {name} port")
+    return port
 
 
 def _pipeline_of(config: Config, job: JobInfo) -> Pipeline | None:

@@ -54,8 +54,8 @@ class Announcer:
     def __init__(
         self,
         notifiers: Callable[[Pipeline], list[Notifier]],
-        claims: Callable[[Config], JobLedger],
-        project: Callable[[Config], str],
+        claims: Callable[[], JobLedger],
+        project: Callable[[], str],
     ):
         self._notifiers = notifiers
         self._claims = claims
@@ -69,7 +69,7 @@ class Announcer:
             run_id=end.run_id,
             job=end.job.name,
             state=end.job.state,
-            project=self._project(end.config),
+            project=self._project(),
             region=end.config.defaults.region,
             data_uri=end.data_uri,
             duration_seconds=notify.duration(end.job.start_time, end.job.end_time),
@@ -77,18 +77,16 @@ class Announcer:
             **fields,
         )
 
-    def project(self, config: Config) -> str:
-        return self._project(config)
+    def project(self) -> str:
+        return self._project()
 
-    def announce(
-        self, config: Config, pipeline: Pipeline, message: Notification, log: Logger
-    ) -> None:
+    def announce(self, pipeline: Pipeline, message: Notification, log: Logger) -> None:
         if not notify.wanted(pipeline.notify, message.kind):
             log.info("notification not wanted by config", kind=message.kind)
             return
         channels = self._notifiers(pipeline)
         if channels:
-            send_once(message, channels, self._claims(config), log)
+            send_once(message, channels, self._claims(), log)
 
 
 def announce_rejection(

@@ -102,10 +102,10 @@ class Ticks:
         config = self._config
         message = Notification(
             kind=notify.ROLLED_BACK, pipeline=pipeline.name, run_id=doc["run_id"], job=doc["job"],
-            state=SUCCEEDED, project=self._announcer.project(config),
+            state=SUCCEEDED, project=self._announcer.project(),
             region=config.defaults.region, data_uri=doc.get("data_uri"),
             model_version=doc["model_version"], endpoint=endpoint,
             reason=f"canary failed its check before promotion: {problem}",
         )  # fmt: skip
-        self._announcer.announce(config, pipeline, message, log)
+        self._announcer.announce(pipeline, message, log)
         return Outcome(notify.ROLLED_BACK, problem, doc["run_id"], doc["job"])

@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from retrain.config import Config, Pipeline
+from retrain.bundle import Ports
+from retrain.config import Pipeline
 from retrain.errors import InvalidRequest, TransientError
 from retrain.events import Event, MalformedRequest, ObjectFinalized, RetrainRequested, Tick
 from retrain.inputs import covered_objects, gone, manifest_text, manifest_uri, parse_manifest
@@ -37,7 +38,6 @@ from retrain.ledger import (
     CLAIMED,
     SUBMITTED,
     WAITING,
-    JobLedger,
     LeaseTerms,
     Ledger,
     iso,
@@ -60,7 +60,7 @@ from retrain.planner import (
     plan_request,
     rerun_plan,
 )
-from retrain.ports import DataObjects, ModelRegistry, Notifier, Stored, TrainingService
+from retrain.ports import Stored
 from retrain.slots import Slots
 from retrain.submission import submit_run
 
@@ -83,49 +83,40 @@ class Outcome:
 class Trigger:
     def __init__(
         self,
-        config: Callable[[], Config],
-        ledger: Callable[[Config], Ledger],
-        training: Callable[[Config], TrainingService],
+        ports: Callable[[], Ports],
         log: Logger,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
-        notifiers: Callable[[Pipeline], list[Notifier]] = lambda _pipeline: [],
-        objects: Callable[[Config], DataObjects] | None = None,
-        registry: Callable[[Config], ModelRegistry] | None = None,
     ):
-        self._config = config
-        self._ledger = ledger
-        self._training = training
+        # The current config's bundle (see bundle.py). Its objects and registry are used
+        # on submission only: the input manifest, and the champion to compare with.
+        self._ports = ports
         self._log = log
         self._clock = clock
         self._sleep = sleep
-        self._notifiers = notifiers
-        # Used on submission only: the input manifest, and the champion to compare with.
-        self._objects = objects
-        self._registry = registry
 
     def handle(self, event: Event) -> list[Outcome]:
-        config = self._config()
+        ports = self._ports()
         if isinstance(event, ObjectFinalized):
-            return self._on_object(event, config)
+            return self._on_object(event, ports)
         if isinstance(event, RetrainRequested | MalformedRequest):
-            return [self._on_request(event, config)]
+            return [self._on_request(event, ports)]
         if isinstance(event, Tick):
-            return self._on_tick(config)
+            return self._on_tick(ports)
         reason = getattr(event, "reason", f"{type(event).__name__} is not for the trigger")
         self._log.info("event ignored", event_id=event.event_id, reason=reason)
         return [Outcome("ignored", reason)]
 
     # data events -----------------------------------------------------------------------
-    def _on_object(self, event: ObjectFinalized, config: Config) -> list[Outcome]:
+    def _on_object(self, event: ObjectFinalized, ports: Ports) -> list[Outcome]:
         outcomes = []
         log = self._log.bind(event_id=event.event_id, object=event.uri)
-        for decision in plan_object(event, config):
+        for decision in plan_object(event, ports.config):
             if isinstance(decision, Ignore):
                 log.info("object ignored", reason=decision.reason)
                 outcomes.append(Outcome("ignored", decision.reason))
             elif isinstance(decision, Record):
-                ledger = self._ledger(config)
+                ledger = ports.ledger()
                 fresh = ledger.record_pending(
                     decision.pipeline, decision.object_key, event.event_id, self._clock()
                 )
@@ -133,32 +124,32 @@ class Trigger:
                 log.info(f"object {action}", pipeline=decision.pipeline)
                 outcomes.append(Outcome(action, decision.object_key))
             elif isinstance(decision, Submit):
-                outcomes.append(self._start(decision.run, config))
+                outcomes.append(self._start(decision.run, ports))
             else:
                 outcomes.append(Outcome("ignored", decision.reason))
         return outcomes
 
-    def _on_request(self, event: RetrainRequested | MalformedRequest, config: Config) -> Outcome:
-        decision = plan_request(event, config)
+    def _on_request(self, event: RetrainRequested | MalformedRequest, ports: Ports) -> Outcome:
+        decision = plan_request(event, ports.config)
         if isinstance(decision, Submit) and decision.run.rerun_of:
-            decision = self._rerun(decision.run, config)
+            decision = self._rerun(decision.run, ports)
         if isinstance(decision, Reject):
             # Permanent: no job, no run record; the channels hear of it, the delivery is acked.
-            claims = lambda: JobLedger(self._ledger(config).store)  # noqa: E731
-            announce_rejection(event, decision, config, self._notifiers, claims, self._log)
+            announce_rejection(event, decision, ports.config, ports.notifiers, ports.claims,
+                               self._log)  # fmt: skip
             raise InvalidRequest(
                 f"retrain request {event.event_id}: {decision.reason}",
                 field=decision.field or "request",
                 pipeline=event.pipeline,
             )
         assert isinstance(decision, Submit)
-        return self._start(decision.run, config)
+        return self._start(decision.run, ports)
 
-    def _rerun(self, request: RunPlan, config: Config) -> Submit | Reject:
+    def _rerun(self, request: RunPlan, ports: Ports) -> Submit | Reject:
         """A rerun on the original run's inputs, or a Reject naming `rerun_of` before any
         job: the original run is unknown, has no manifest, or a generation it pinned is
         gone. A redelivery of a rerun already claimed goes on to the duplicate check."""
-        ledger = self._ledger(config)
+        ledger = ports.ledger()
         claimed = ledger.read_run(request.pipeline, request.run_id)
         if claimed is not None:
             return Submit(replace(request, **_lineage(claimed.doc)))
@@ -172,16 +163,16 @@ class Trigger:
         plan = rerun_plan(request, original.doc)
         if isinstance(plan, Reject):
             return plan
-        problem = self._pinned_problem(str(original.doc["data_manifest"]), config)
+        problem = self._pinned_problem(str(original.doc["data_manifest"]), ports)
         if problem:
             return Reject(f"rerun_of: run {request.rerun_of}: {problem}", "rerun_of")
         return Submit(plan)
 
-    def _pinned_problem(self, manifest: str, config: Config) -> str | None:
+    def _pinned_problem(self, manifest: str, ports: Ports) -> str | None:
         """Why the objects a manifest pins cannot be read again, or None."""
-        if self._objects is None:
+        if ports.objects is None:
             return None
-        objects = self._objects(config)
+        objects = ports.objects()
         text = objects.read_text(manifest)
         if text is None:
             return f"its input manifest {manifest} is gone"
@@ -200,27 +191,27 @@ class Trigger:
         return None
 
     # ticks -----------------------------------------------------------------------------
-    def _on_tick(self, config: Config) -> list[Outcome]:
-        ledger = self._ledger(config)
+    def _on_tick(self, ports: Ports) -> list[Outcome]:
+        ledger = ports.ledger()
         outcomes: list[Outcome] = []
-        for pipeline in config.pipelines.values():
+        for pipeline in ports.config.pipelines.values():
             if pipeline.trigger == "quiet":
-                flushed = self._flush_quiet(pipeline, config)
+                flushed = self._flush_quiet(pipeline, ports)
                 if flushed is not None:
                     outcomes.append(flushed)
             full = False  # once a waiting run found no free slot, the others would too
             for run_id in ledger.open_runs(pipeline.name):
-                outcome = self._resume(pipeline, run_id, config, skip_waiting=full)
+                outcome = self._resume(pipeline, run_id, ports, skip_waiting=full)
                 full = full or (
                     outcome.action == "waiting" and "max_concurrent_jobs" in outcome.detail
                 )
                 outcomes.append(outcome)
         return outcomes
 
-    def _flush_quiet(self, pipeline: Pipeline, config: Config) -> Outcome | None:
+    def _flush_quiet(self, pipeline: Pipeline, ports: Ports) -> Outcome | None:
         """One run per quiet batch, however long its flush takes and however many ticks
         overlap it (see the module docstring); None when nothing is due."""
-        ledger = self._ledger(config)
+        ledger = ports.ledger()
         batch, batch_record = ledger.quiet_batch(pipeline.name)  # before listing: see there
         pending = ledger.list_pending(pipeline.name)
         decision = plan_quiet_flush(pipeline, pending, self._clock(), batch)
@@ -235,7 +226,7 @@ class Trigger:
         log = self._log.bind(pipeline=pipeline.name, run_id=run.run_id)
         claimed = ledger.claim_run(run, self._clock())
         if claimed is not None:
-            outcome = self._submit_claimed(run, claimed, config)
+            outcome = self._submit_claimed(run, claimed, ports)
         else:
             stored = ledger.read_run(pipeline.name, run.run_id)
             if stored is None:
@@ -261,15 +252,15 @@ class Trigger:
         return record.get("status") == CLAIMED and RUN_CLAIM.live(record, self._clock())
 
     # runs ------------------------------------------------------------------------------
-    def _start(self, run: RunPlan, config: Config) -> Outcome:
-        claimed = self._ledger(config).claim_run(run, self._clock())
+    def _start(self, run: RunPlan, ports: Ports) -> Outcome:
+        claimed = ports.ledger().claim_run(run, self._clock())
         if claimed is None:
-            return self._duplicate(config.pipelines[run.pipeline], run.run_id, config)
-        return self._submit_claimed(run, claimed, config)
+            return self._duplicate(ports.config.pipelines[run.pipeline], run.run_id, ports)
+        return self._submit_claimed(run, claimed, ports)
 
-    def _submit_claimed(self, run: RunPlan, claimed: Stored, config: Config) -> Outcome:
-        ledger = self._ledger(config)
-        pipeline = config.pipelines[run.pipeline]
+    def _submit_claimed(self, run: RunPlan, claimed: Stored, ports: Ports) -> Outcome:
+        ledger = ports.ledger()
+        pipeline = ports.config.pipelines[run.pipeline]
         log = self._log.bind(pipeline=run.pipeline, run_id=run.run_id)
         ledger.open(run.pipeline, run.run_id)
         if run.trigger in ("marker", "quiet"):
@@ -287,7 +278,7 @@ class Trigger:
                 return Outcome("duplicate", "claim taken over", run.run_id)
             claimed = renewed
         log.info("run claimed", trigger=run.trigger, data_uri=run.data_uri)
-        return self._admit_and_submit(pipeline, claimed.doc, claimed.generation, config)
+        return self._admit_and_submit(pipeline, claimed.doc, claimed.generation, ports)
 
     def _cover_pending(self, ledger: Ledger, run: RunPlan) -> set[str]:
         """The pending objects a run covers leave the pending set once the run is claimed
@@ -302,27 +293,27 @@ class Trigger:
         return pending | set(run.objects)
 
     def _admit_and_submit(
-        self, pipeline: Pipeline, record: dict[str, Any], generation: int, config: Config
+        self, pipeline: Pipeline, record: dict[str, Any], generation: int, ports: Ports
     ) -> Outcome:
-        ledger = self._ledger(config)
+        ledger = ports.ledger()
         run_id = record["run_id"]
         log = self._log.bind(pipeline=pipeline.name, run_id=run_id)
-        training = self._training(config)
+        training = ports.training()
         current = Stored(record, generation, self._clock())
         cooldown = pipeline.cooldown_seconds > 0
         last_at, last_run = ledger.last_submit_of(pipeline.name) if cooldown else (None, None)
         decision = admit(
             pipeline,
-            config,
+            ports.config,
             active_jobs=0,
             # The window this run took itself (before a retried submit) does not hold it back.
             last_submit_at=last_at if last_run != run_id else None,
             now=self._clock(),
         )
-        cap = config.guards.max_concurrent_jobs
+        cap = ports.config.guards.max_concurrent_jobs
         slot: int | None = None
         if isinstance(decision, Admit) and cap is not None:
-            slot, decision = self._take_slot(pipeline, record, cap, config)
+            slot, decision = self._take_slot(pipeline, record, cap, ports)
         if (
             isinstance(decision, Admit)
             and cooldown
@@ -345,9 +336,9 @@ class Trigger:
                 )
             log.info("run waiting", reason=decision.reason)
             return Outcome("waiting", decision.reason, run_id)
-        plan = self._pin_inputs(pipeline, plan_from_record(record), record, config)
+        plan = self._pin_inputs(pipeline, plan_from_record(record), record, ports)
         try:
-            job, spec = submit_run(training, pipeline, plan, config.defaults.output_uri)
+            job, spec = submit_run(training, pipeline, plan, ports.config.defaults.output_uri)
         except TransientError:
             # Release the claim so that the redelivery may take over at once (it looks
             # the job up by label first, in case the failed call did create it).
@@ -386,11 +377,11 @@ class Trigger:
         return Outcome("submitted", spec.display_name, run_id, job.name)
 
     def _take_slot(
-        self, pipeline: Pipeline, record: dict[str, Any], cap: int, config: Config
+        self, pipeline: Pipeline, record: dict[str, Any], cap: int, ports: Ports
     ) -> tuple[int | None, Admit | Wait]:
         """Hold one of the pipeline's `cap` slots for the run (see slots.py): the one its
         record names if it still holds it (a retried submit), else a free one."""
-        slots = Slots(self._ledger(config).store)
+        slots = Slots(ports.ledger().store)
         run_id = record["run_id"]
         held = record.get("slot")
         if (
@@ -400,24 +391,24 @@ class Trigger:
         ):
             return held, Admit()
         taken = slots.taken(pipeline.name)
-        if len([i for i in taken if i < cap]) >= cap and self._free_stale(pipeline, slots, config):
+        if len([i for i in taken if i < cap]) >= cap and self._free_stale(pipeline, slots, ports):
             taken = slots.taken(pipeline.name)
         for index in [i for i in range(cap) if i not in taken]:
             if slots.create(pipeline.name, index, run_id, self._clock()):
                 return index, Admit()
         held_now = len([i for i in slots.taken(pipeline.name) if i < cap])
-        decision = admit(pipeline, config, active_jobs=max(held_now, cap), last_submit_at=None,
+        decision = admit(pipeline, ports.config, active_jobs=max(held_now, cap), last_submit_at=None,
                          now=self._clock())  # fmt: skip
         return None, decision
 
-    def _free_stale(self, pipeline: Pipeline, slots: Slots, config: Config) -> bool:
+    def _free_stale(self, pipeline: Pipeline, slots: Slots, ports: Ports) -> bool:
         """Free the slots claimed longer ago than the run claim's lease whose run never got
         a job (the claimant crashed before CreateCustomJob), or whose submitted run records
         another slot (it crashed between a claim and its record). A slot whose job exists
         is freed by the job-events function when the job ends."""
         freed = False
-        training = self._training(config)
-        ledger = self._ledger(config)
+        training = ports.training()
+        ledger = ports.ledger()
         # Only slots not written for a lease are read: a full pipeline costs one listing.
         for holder in slots.holders(pipeline.name, written_before=self._clock() - CLAIM_LEASE):
             claimed_at = holder.claimed_at
@@ -441,31 +432,33 @@ class Trigger:
         return freed
 
     def _pin_inputs(
-        self, pipeline: Pipeline, plan: RunPlan, record: dict[str, Any], config: Config
+        self, pipeline: Pipeline, plan: RunPlan, record: dict[str, Any], ports: Ports
     ) -> RunPlan:
         """The plan with its inputs pinned: the manifest written (once: a retry finds it and
         keeps it) and the champion's model directory, when the pipeline has a champion."""
-        if plan.data_manifest is None and self._objects is not None:
-            objects = self._objects(config)
-            base = base_output_directory(config.defaults.output_uri, pipeline.name, plan.run_id)
+        if plan.data_manifest is None and ports.objects is not None:
+            objects = ports.objects()
+            base = base_output_directory(
+                ports.config.defaults.output_uri, pipeline.name, plan.run_id
+            )
             uri = manifest_uri(base)
             if objects.read_text(uri) is None:
-                objects.create_text(uri, self._manifest(pipeline, plan, record, config))
+                objects.create_text(uri, self._manifest(pipeline, plan, record, ports))
             plan = replace(plan, data_manifest=uri)
         deploy = pipeline.deploy
-        if plan.champion_model_dir is None and self._registry is not None and deploy:
-            champion = self._registry(config).by_alias(resource_id(deploy.model), CHAMPION)
+        if plan.champion_model_dir is None and ports.registry is not None and deploy:
+            champion = ports.registry().by_alias(resource_id(deploy.model), CHAMPION)
             if champion is not None and champion.artifact_uri:
                 plan = replace(plan, champion_model_dir=champion.artifact_uri)
         return plan
 
     def _manifest(
-        self, pipeline: Pipeline, plan: RunPlan, record: dict[str, Any], config: Config
+        self, pipeline: Pipeline, plan: RunPlan, record: dict[str, Any], ports: Ports
     ) -> str:
-        assert self._objects is not None
-        objects = self._objects(config)
+        assert ports.objects is not None
+        objects = ports.objects()
         if plan.rerun_of:
-            original = self._ledger(config).read_run(pipeline.name, plan.rerun_of)
+            original = ports.ledger().read_run(pipeline.name, plan.rerun_of)
             source = original.doc.get("data_manifest") if original else None
             text = objects.read_text(str(source)) if source else None
             if text is None:
@@ -481,9 +474,9 @@ class Trigger:
     def _raise_lost_update(run_id: str) -> Any:
         raise TransientError(f"run {run_id}: record changed while its job was being submitted")
 
-    def _duplicate(self, pipeline: Pipeline, run_id: str, config: Config) -> Outcome:
+    def _duplicate(self, pipeline: Pipeline, run_id: str, ports: Ports) -> Outcome:
         """Another delivery claimed this run. Finish its work if it was abandoned."""
-        ledger = self._ledger(config)
+        ledger = ports.ledger()
         log = self._log.bind(pipeline=pipeline.name, run_id=run_id)
         stored = ledger.read_run(pipeline.name, run_id)
         for delay in DUPLICATE_WAIT_S:
@@ -506,12 +499,12 @@ class Trigger:
         if status == WAITING:
             log.info("duplicate delivery: run is waiting", reason=stored.doc.get("wait_reason"))
             return Outcome("duplicate", "waiting", run_id)
-        return self._recover(pipeline, stored, config)
+        return self._recover(pipeline, stored, ports)
 
     def _resume(
-        self, pipeline: Pipeline, run_id: str, config: Config, skip_waiting: bool = False
+        self, pipeline: Pipeline, run_id: str, ports: Ports, skip_waiting: bool = False
     ) -> Outcome:
-        ledger = self._ledger(config)
+        ledger = ports.ledger()
         stored = ledger.read_run(pipeline.name, run_id)
         if stored is None or stored.doc.get("status") == SUBMITTED:
             ledger.close(pipeline.name, run_id)
@@ -519,19 +512,19 @@ class Trigger:
         if stored.doc.get("status") == WAITING:
             if skip_waiting:
                 return Outcome("waiting", str(stored.doc.get("wait_reason") or ""), run_id)
-            return self._admit_and_submit(pipeline, stored.doc, stored.generation, config)
+            return self._admit_and_submit(pipeline, stored.doc, stored.generation, ports)
         try:
-            return self._recover(pipeline, stored, config)
+            return self._recover(pipeline, stored, ports)
         except TransientError as err:
             return Outcome("waiting", str(err), run_id)
 
-    def _recover(self, pipeline: Pipeline, stored: Any, config: Config) -> Outcome:
+    def _recover(self, pipeline: Pipeline, stored: Any, ports: Ports) -> Outcome:
         """A claimed run without a recorded job: adopt the job if it exists, take over a
         released or stale claim, or ask for a retry while the claimant may still work."""
-        ledger = self._ledger(config)
+        ledger = ports.ledger()
         run_id = stored.doc["run_id"]
         log = self._log.bind(pipeline=pipeline.name, run_id=run_id)
-        jobs = self._training(config).find({RUN_LABEL: label_value(run_id)})
+        jobs = ports.training().find({RUN_LABEL: label_value(run_id)})
         if jobs:
             job = sorted(jobs, key=lambda j: j.name)[0]
             # The slot the interrupted delivery claimed, for the job-events function to free.
@@ -556,7 +549,7 @@ class Trigger:
             return Outcome("adopted", "found by label", run_id, job.name)
         taken = ledger.take_over_run(pipeline.name, run_id, stored, RUN_CLAIM, self._clock())
         log.warning("taking over an abandoned claim")
-        return self._admit_and_submit(pipeline, taken.doc, taken.generation, config)
+        return self._admit_and_submit(pipeline, taken.doc, taken.generation, ports)
 
 
 def _lineage(record: dict[str, Any]) -> dict[str, Any]:

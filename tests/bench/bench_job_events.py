@@ -35,6 +35,7 @@ from retrain.adapters.gcs import GcsBlobs, GcsStateStore
 from retrain.adapters.joblogs import CloudJobLogs, logging_client
 from retrain.adapters.notifiers import WebhookNotifier
 from retrain.adapters.registry import VertexEndpoints, VertexRegistry
+from retrain.bundle import Lazy, Ports
 from retrain.jobevents import JobEvents
 from retrain.ledger import Ledger
 from retrain.logs import Logger
@@ -134,13 +135,18 @@ def _rounds(cloud: JobCloud) -> str:
     ledger = Ledger(GcsStateStore(cloud.gcs, f"gs://{cloud.state}/state"))
     logging = logging_client(settings, PROJECT)
     hook = WebhookSink().start()
-    handler = JobEvents(
-        lambda: cloud.config, lambda _c: ledger, lambda _c: cloud.training,
-        lambda _c: VertexRegistry(PROJECT, REGION, connection),
-        lambda _c: VertexEndpoints(PROJECT, REGION, connection),
-        GcsBlobs(lambda: cloud.gcs), lambda _c: CloudJobLogs(PROJECT, logging),
-        lambda _p: [WebhookNotifier(hook.url)], lambda _c: PROJECT, Logger(io.StringIO()),
-    )  # fmt: skip
+    ports = Ports(
+        config=cloud.config,
+        project=Lazy.of(PROJECT),
+        ledger=Lazy.of(ledger),
+        training=Lazy.of(cloud.training),
+        notifiers=lambda _p: [WebhookNotifier(hook.url)],
+        blobs=Lazy.of(GcsBlobs(lambda: cloud.gcs)),
+        registry=Lazy.of(VertexRegistry(PROJECT, REGION, connection)),
+        endpoints=Lazy.of(VertexEndpoints(PROJECT, REGION, connection)),
+        job_logs=Lazy.of(CloudJobLogs(PROJECT, logging)),
+    )
+    handler = JobEvents(lambda: ports, Logger(io.StringIO()))
     models, endpoints, predictions = cloud.models, cloud.endpoints, cloud.predictions
     handled: dict[str, list[float]] = {"notify": [], "deploy": []}
     bare: dict[str, list[float]] = {"notify": [], "deploy": []}

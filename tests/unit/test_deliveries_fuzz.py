@@ -33,7 +33,7 @@ from retrain.ledger import Ledger
 from retrain.logs import Logger
 from retrain.ports import JobInfo
 from retrain.trigger import Trigger
-from tests.fakes import SAMPLE_CONFIG, FakeTraining, MemoryStateStore
+from tests.fakes import SAMPLE_CONFIG, FakeTraining, MemoryStateStore, fake_ports
 from tests.unit.test_hostile_requests import NOTIFY, Recorder
 from tests.unit.test_jobevents import FakeBlobs, FakeEndpoints, FakeLogs, FakeRegistry
 
@@ -70,24 +70,24 @@ class World:
         self.stream = io.StringIO()
         self.log = Logger(self.stream)
         ledger = Ledger(self.store)
+        channels = lambda _p: [self.channel]  # noqa: E731
         self.trigger = Trigger(
-            lambda: self.config,
-            lambda _c: ledger,
-            lambda _c: self.training,
+            lambda: fake_ports(self.config, ledger, self.training, notifiers=channels),
             self.log,
             sleep=lambda _s: None,
-            notifiers=lambda _p: [self.channel],
         )
+        blobs = FakeBlobs()
         self.job_events = JobEvents(
-            lambda: self.config,
-            lambda _c: ledger,
-            lambda _c: self.training,
-            lambda _c: FakeRegistry(),
-            lambda _c: FakeEndpoints(),
-            FakeBlobs(),
-            lambda _c: FakeLogs(),
-            lambda _p: [self.channel],
-            lambda _c: "acme-ml",
+            lambda: fake_ports(
+                self.config,
+                ledger,
+                self.training,
+                notifiers=channels,
+                registry=FakeRegistry(),
+                endpoints=FakeEndpoints(),
+                blobs=blobs,
+                job_logs=FakeLogs(),
+            ),
             self.log,
             sleep=lambda _s: None,
         )

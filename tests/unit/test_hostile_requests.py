@@ -18,7 +18,7 @@ from retrain.errors import ConfigError, PermanentError, TransientError
 from retrain.ledger import Ledger
 from retrain.logs import Logger
 from retrain.trigger import Trigger
-from tests.fakes import SAMPLE_CONFIG, FakeTraining, MemoryStateStore
+from tests.fakes import SAMPLE_CONFIG, FakeTraining, MemoryStateStore, fake_ports
 from tests.payloads import pubsub_body
 from tests.unit import hostile_requests
 
@@ -54,13 +54,11 @@ class World:
         self.webhook, self.pubsub = Recorder("webhook"), Recorder("pubsub")
         self.stream = io.StringIO()
         self.log = Logger(self.stream)
+        channels = notifiers or (lambda _p: [self.webhook, self.pubsub])
         self.trigger = Trigger(
-            lambda: self.config,
-            lambda _c: Ledger(self.store),
-            lambda _c: self.training,
+            lambda: fake_ports(self.config, Ledger(self.store), self.training, notifiers=channels),
             self.log,
             sleep=lambda _s: None,
-            notifiers=notifiers or (lambda _p: [self.webhook, self.pubsub]),
         )
 
     def deliver(self, data: bytes, message_id: str = "m-1") -> None:

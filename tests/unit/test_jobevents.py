@@ -31,7 +31,7 @@ from retrain.ports import (
     Prediction,
     VersionSpec,
 )
-from tests.fakes import SAMPLE_CONFIG, FakeTraining, MemoryStateStore
+from tests.fakes import SAMPLE_CONFIG, FakeTraining, MemoryStateStore, fake_ports
 
 CONFIG = (
     SAMPLE_CONFIG
@@ -216,15 +216,16 @@ class World:
         self.notifier = FakeNotifier()
         self.stream = io.StringIO()
         self.handler = JobEvents(
-            lambda: self.config,
-            lambda _c: self.ledger,
-            lambda _c: self.training,
-            lambda _c: self.registry,
-            lambda _c: self.endpoints,
-            self.blobs,
-            lambda _c: self.logs,
-            lambda _p: [self.notifier],
-            lambda _c: "acme-ml",
+            lambda: fake_ports(
+                self.config,
+                self.ledger,
+                self.training,
+                notifiers=lambda _p: [self.notifier],
+                registry=self.registry,
+                endpoints=self.endpoints,
+                blobs=self.blobs,
+                job_logs=self.logs,
+            ),
             Logger(self.stream),
             clock=lambda: self.now,
             sleep=lambda _s: None,

@@ -21,7 +21,7 @@ from retrain.logs import Logger
 from retrain.planner import RunPlan
 from retrain.ports import ModelVersion, ObjectVersion
 from retrain.trigger import Trigger
-from tests.fakes import FakeTraining, MemoryStateStore
+from tests.fakes import FakeTraining, MemoryStateStore, fake_ports
 
 CONFIG = """
 [defaults]
@@ -123,14 +123,16 @@ class World:
         self.registry = FakeRegistry(champion)
         self.stream = io.StringIO()
         self.trigger = Trigger(
-            lambda: self.config,
-            lambda _c: Ledger(self.store),
-            lambda _c: self.training,
+            lambda: fake_ports(
+                self.config,
+                Ledger(self.store),
+                self.training,
+                objects=self.objects,
+                registry=self.registry,  # type: ignore[arg-type]
+            ),
             Logger(self.stream),
             clock=lambda: self.now,
             sleep=lambda _s: None,
-            objects=lambda _c: self.objects,
-            registry=lambda _c: self.registry,  # type: ignore[arg-type,return-value]
         )
 
     def drop(self, name: str, size: int = 10) -> ObjectFinalized:

@@ -16,7 +16,7 @@ from retrain.ledger import Ledger
 from retrain.logs import Logger
 from retrain.slots import Slots
 from retrain.trigger import Trigger
-from tests.fakes import SAMPLE_CONFIG, FakeTraining, MemoryStateStore
+from tests.fakes import SAMPLE_CONFIG, FakeTraining, MemoryStateStore, fake_ports
 
 
 class World:
@@ -27,9 +27,7 @@ class World:
         self.training = FakeTraining()
         self.stream = io.StringIO()
         self.trigger = Trigger(
-            lambda: self.config,
-            lambda _c: Ledger(self.store),
-            lambda _c: self.training,
+            lambda: fake_ports(self.config, Ledger(self.store), self.training),
             Logger(self.stream),
             clock=lambda: self.now,
             sleep=lambda _s: None,
