@@ -512,7 +512,15 @@ class Trigger:
         if stored.doc.get("status") == WAITING:
             if skip_waiting:
                 return Outcome("waiting", str(stored.doc.get("wait_reason") or ""), run_id)
-            return self._admit_and_submit(pipeline, stored.doc, stored.generation, ports)
+            # Ticks overlap (a slow one, a redelivered one): the one that takes the waiting
+            # run's claim submits it, the others leave it. Without the claim two ticks
+            # both submitted it.
+            taken = ledger.update_run(
+                pipeline.name, run_id, stored, {"status": CLAIMED, **RUN_CLAIM.stamp(self._clock())}
+            )
+            if taken is None:
+                return Outcome("duplicate", "resumed by another delivery", run_id)
+            return self._admit_and_submit(pipeline, taken.doc, taken.generation, ports)
         try:
             return self._recover(pipeline, stored, ports)
         except TransientError as err:

@@ -145,3 +145,14 @@ def test_the_heartbeat_renews_while_the_work_goes_on_and_stops_after():
         seen = len(beats)
     heartbeat.beat()  # what the thread does next: nothing is registered any more
     assert len(beats) == seen
+
+
+def test_overlapping_ticks_submit_a_waiting_run_once():
+    world = World(CAPPED_AT_1)
+    world.trigger.handle(RetrainRequested("m1", "churn"))
+    world.trigger.handle(RetrainRequested("m2", "churn"))  # waits for the slot
+    (first,) = world.training.jobs
+    _end_and_release(world, first)
+    with ThreadPoolExecutor(8) as pool:  # ticks that overlap, as slow ones do
+        list(pool.map(lambda i: _deliver(world, Tick(f"t{i}")), range(8)))
+    assert len(world.training.jobs) == 2
