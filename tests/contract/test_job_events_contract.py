@@ -4,10 +4,10 @@ deployed models really serve), the Logging v2 emulator and a real webhook receiv
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from localcloud.procs import wait_until
 from localcloud.storage import StorageServer
 from tests.contract.jobevents_fixtures import (  # noqa: F401 - fixtures used by name
     JobCloud,
@@ -175,9 +175,17 @@ def test_a_canary_takes_its_share_and_a_tick_promotes_it(
         assert cloud.deliver_until_acked(*cloud.sink_entry(better, "sink-2")) == 200
         shares = sorted(cloud.serving().values())
         assert shares == [("1", 75), ("2", 25)], shares  # the canary serves its 25%
-        time.sleep(1.2)  # canary_seconds = 1 must pass before a tick may promote it
-        assert cloud.deliver_until_acked(*cloud.tick("tick-1")) == 200
-        assert cloud.deliver_until_acked(*cloud.tick("tick-2")) == 200
+        ticks = []
+
+        def promoted_by_a_tick() -> bool:
+            # canary_seconds = 1 must pass before a tick may promote the canary; the ticks
+            # before that leave it serving its share.
+            ticks.append(f"tick-{len(ticks) + 1}")
+            assert cloud.deliver_until_acked(*cloud.tick(ticks[-1])) == 200
+            return list(cloud.serving().values()) == [("2", 100)]
+
+        wait_until(promoted_by_a_tick, what="the canary's promotion by a tick", timeout=60)
+        assert cloud.deliver_until_acked(*cloud.tick("tick-after-promotion")) == 200
         assert list(cloud.serving().values()) == [("2", 100)]  # promoted, the old one gone
         champion = [v.version_id for v in cloud.versions() if "champion" in v.version_aliases]
         assert champion == ["2"]

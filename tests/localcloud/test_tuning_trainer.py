@@ -122,6 +122,7 @@ def tuning_job(base: str, pool: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # real training processes: ~15 s each
 @pytest.mark.parametrize("how", ["image", "package"])
 def test_the_trainer_reports_its_metric_every_epoch_and_each_trial_is_measured(
     server: VertexServer, bucket: storage.Bucket, trainer_package: Path, how: str

@@ -125,6 +125,7 @@ def object_path(uri: str) -> str:
 # ------------------------------------------------------------------ training pipelines
 
 
+@pytest.mark.slow  # trains, deploys and serves a model: ~15 s
 def test_custom_training_job_from_a_script_trains_deploys_and_predicts(
     sdk: Any, tmp_path: Path
 ) -> None:
@@ -166,6 +167,7 @@ def test_custom_training_job_from_a_script_trains_deploys_and_predicts(
     endpoint.undeploy_all()
 
 
+@pytest.mark.slow  # the project's real trainer: ~10 s
 def test_python_package_training_job_runs_the_projects_trainer_package(
     rest_sdk: Any, gcs: StorageServer, staging_bucket: str, tmp_path: Path
 ) -> None:
@@ -411,6 +413,7 @@ def test_model_batch_predict_over_jsonl_writes_vertexs_result_files(
     assert [j.resource_name for j in aiplatform.BatchPredictionJob.list()] == [job.resource_name]
 
 
+@pytest.mark.slow  # a model server and a batch job: ~10 s
 def test_batch_predict_over_csv_takes_the_rows_after_the_header(
     iris_model: Any, gcs: StorageServer, staging_bucket: str
 ) -> None:
