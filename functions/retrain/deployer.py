@@ -21,7 +21,7 @@ from retrain.jobend import CHAMPION, Handled, JobEnd, resource_id
 from retrain.jobspec import PIPELINE_LABEL, RUN_LABEL, label_value
 from retrain.ledger import JobLedger, Lease, iso
 from retrain.notifying import Announcer
-from retrain.ports import DeployFailed, JobInfo, ModelRegistry, ModelVersion, VersionSpec
+from retrain.ports import Blobs, DeployFailed, JobInfo, ModelRegistry, ModelVersion, VersionSpec
 from retrain.rollout import Rollout, read_json
 
 
@@ -34,14 +34,17 @@ def model_dir(job: JobInfo) -> str | None:
 class Deployer:
     def __init__(
         self,
-        registry: ModelRegistry,
-        rollout: Rollout,
+        registry: Callable[[], ModelRegistry],
+        rollout: Callable[[], Rollout],
+        blobs: Blobs,
         canaries: JobLedger,
         announcer: Announcer,
         clock: Callable[[], datetime],
     ):
+        # Built on use: a job end that has nothing to deploy builds neither.
         self._registry = registry
         self._rollout = rollout
+        self._blobs = blobs
         self._canaries = canaries
         self._announcer = announcer
         self._clock = clock
@@ -56,12 +59,13 @@ class Deployer:
         if directory is None:
             return self._reject(end, "the job has no base_output_directory: no model to read")
         model_id = resource_id(deploy.model)
-        version = self._registry.find_version(model_id, {RUN_LABEL: label_value(end.run_id)})
+        registry = self._registry()
+        version = registry.find_version(model_id, {RUN_LABEL: label_value(end.run_id)})
         if version is None:
-            champion = self._registry.by_alias(model_id, CHAMPION)
+            champion = registry.by_alias(model_id, CHAMPION)
             champion_metric = champion.metric if champion else None
             try:
-                metrics = read_json(self._rollout.blobs, directory + "metrics.json")
+                metrics = read_json(self._blobs, directory + "metrics.json")
                 value = read_metric(metrics, deploy.metric)
             except ValueError as err:
                 return self._reject(end, str(err), champion_metric=champion_metric)
@@ -71,13 +75,13 @@ class Deployer:
             if not verdict.passed:
                 return self._reject(end, verdict.reason, verdict.metric, verdict.champion_metric,
                                     verdict.basis, verdict.rows)  # fmt: skip
-            version = self._registry.upload(self._version_spec(end, model_id, directory, value))
+            version = registry.upload(self._version_spec(end, model_id, directory, value))
             # The figures the gate compared, and on what basis, for records and messages.
             lease.step({"step": "registered", "model_version": version.name,
                         "metric": verdict.metric, "champion_metric": verdict.champion_metric,
                         "basis": verdict.basis, "basis_rows": verdict.rows})  # fmt: skip
             end.log.info("model version registered", model_version=version.name, metric=value)
-        return self._deploy(end, lease, version, directory)
+        return self._deploy(end, lease, registry, version, directory)
 
     def _version_spec(self, end: JobEnd, model_id: str, directory: str, value: float) -> Any:
         deploy = end.pipeline.deploy
@@ -108,10 +112,18 @@ class Deployer:
             ),
         )
 
-    def _deploy(self, end: JobEnd, lease: Lease, version: ModelVersion, directory: str) -> Handled:
+    def _deploy(
+        self,
+        end: JobEnd,
+        lease: Lease,
+        registry: ModelRegistry,
+        version: ModelVersion,
+        directory: str,
+    ) -> Handled:
         deploy = end.pipeline.deploy
         assert deploy is not None
-        endpoints = self._rollout.endpoints
+        rollout = self._rollout()
+        endpoints = rollout.endpoints
         endpoint = endpoints.ensure(resource_id(deploy.endpoint), deploy.endpoint)
         mine = endpoint.deployment_of(version)
         if mine is None and lease.doc.get("step") == "rolled_back":
@@ -141,12 +153,12 @@ class Deployer:
             previous = dict(lease.doc.get("previous_traffic") or {})
             canary = int(lease.doc.get("canary", canary))
         if not lease.doc.get("smoke_passed"):
-            problem = self._rollout.smoke(endpoint.name, deployed_id, directory, canary)
+            problem = rollout.smoke(endpoint.name, deployed_id, directory, canary)
             if problem is not None:
-                self._rollout.undeploy(endpoint.name, deployed_id, previous)
+                rollout.undeploy(endpoint.name, deployed_id, previous)
                 return self._rolled_back(end, lease, version, endpoint.name, problem)
             lease.step({"smoke_passed": True})
-        self._registry.set_alias(version, CHAMPION)
+        registry.set_alias(version, CHAMPION)
         if canary:
             self._canaries.open_canary(end.pipeline.name, end.run_id, {
                 "run_id": end.run_id, "job": end.job.name, "endpoint": endpoint.name,
@@ -155,7 +167,7 @@ class Deployer:
                 "data_uri": end.data_uri,
             })  # fmt: skip
         else:
-            self._rollout.promote(endpoint.name, deployed_id)
+            rollout.promote(endpoint.name, deployed_id)
         gate = {key: lease.doc.get(key) for key in ("champion_metric", "basis", "basis_rows")}
         gate["metric"] = lease.doc.get("metric", version.metric)
         message = self._announcer.about(

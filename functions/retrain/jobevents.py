@@ -209,8 +209,8 @@ class JobEvents:
         return failures.ended_badly(end, notify.FAILED)
 
     def _deployer(self, ports: Ports) -> Deployer:
-        registry = _need(ports.registry, "registry")
-        return Deployer(registry(), self._rollout(ports), ports.claims(), _announcer(ports),
+        return Deployer(_need(ports.registry, "registry"), lambda: self._rollout(ports),
+                        _need(ports.blobs, "blobs")(), ports.claims(), _announcer(ports),
                         self._clock)  # fmt: skip
 
     def _rollout(self, ports: Ports) -> Rollout:
