@@ -191,10 +191,9 @@ def _warm(gcs: StorageServer, tmp: Path) -> str:
         f"Floor: functions-framework delivering the same CloudEvent to a function that does "
         f"nothing takes {_median(floor) * 1000:.1f} ms (p50) here; the record path is "
         f"**{(_median(rec_fn) - _median(floor)) / _median(rec_bare):.2f}x** the bare create once "
-        "that floor is taken off. The submit path makes four GCS requests (claim the run, "
-        "open marker, record the job, close the marker) and two Vertex calls (list the "
-        "pipeline's active jobs for the concurrency cap, create the job); the bare baseline "
-        "makes one of each.\n"
+        "that floor is taken off. The submit path does more than the bare baseline's one GCS write and one "
+        "CreateCustomJob: it claims the run and a concurrency slot, writes the input "
+        "manifest, asks the registry for the champion and records the job.\n"
     )
 
 
