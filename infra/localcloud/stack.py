@@ -175,14 +175,16 @@ class Stack:
         }
         # Webhook URLs the config names but nobody set go to a local receiver.
         function_env = {**self.env, **self.options.extra_env}
-        unset = [
-            p.notify.webhook_env
-            for p in config.pipelines.values()
-            if p.notify
-            and p.notify.webhook_env
-            and p.notify.webhook_env not in function_env
-            and p.notify.webhook_env not in os.environ
-        ]
+        unset = sorted(
+            {
+                p.notify.webhook_env
+                for p in config.pipelines.values()
+                if p.notify
+                and p.notify.webhook_env
+                and p.notify.webhook_env not in function_env
+                and p.notify.webhook_env not in os.environ
+            }
+        )
         if unset:
             self.webhook = WebhookSink(logs_dir / "webhook.jsonl").start()
             self._stop.append(self.webhook.stop)
