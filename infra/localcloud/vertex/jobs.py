@@ -185,7 +185,7 @@ class JobService:
             if job.state == S.JOB_STATE_CANCELLING:
                 return
             if self._runtime is not None:
-                self._set_state(job, S.JOB_STATE_CANCELLING, None)
+                set_job_state(job, S.JOB_STATE_CANCELLING, None)
                 self._state.save()
         if self._runtime is not None:
             # The runtime reports CANCELLED (or an earlier end) through on_update.
@@ -221,13 +221,13 @@ class JobService:
                     continue
                 project = _project_of(job.name)
                 if job.state == S.JOB_STATE_CANCELLING:
-                    self._set_state(job, S.JOB_STATE_CANCELLED, None)
+                    set_job_state(job, S.JOB_STATE_CANCELLED, None)
                     ended.append((project, job_id, S.JOB_STATE_CANCELLED, None))
                 elif self._runtime is None:
-                    self._set_state(job, S.JOB_STATE_FAILED, STOPPED_MESSAGE, code=RPC_ABORTED)
+                    set_job_state(job, S.JOB_STATE_FAILED, STOPPED_MESSAGE, code=RPC_ABORTED)
                     ended.append((project, job_id, S.JOB_STATE_FAILED, STOPPED_MESSAGE))
                 else:
-                    self._set_state(job, S.JOB_STATE_PENDING, None)
+                    set_job_state(job, S.JOB_STATE_PENDING, None)
                     rerun.append((project, job_id, _copy(job)))
             if ended or rerun:
                 self._state.save()
@@ -258,29 +258,10 @@ class JobService:
             job = self._state.jobs.get(job_id)
             if job is None or job.state in TERMINAL or job.state == update.state:
                 return
-            self._set_state(job, update.state, update.error_message)
+            set_job_state(job, update.state, update.error_message)
             self._state.save()
         # Logged outside the lock: a log listener may call back into this server.
         self._log_transition(project, job_id, update.state, update.error_message)
-
-    def _set_state(
-        self, job: Any, state: int, error_message: str | None, code: int = RPC_INTERNAL
-    ) -> None:
-        stamp = now()
-        job.state = state
-        job.update_time.CopyFrom(stamp)
-        if state == S.JOB_STATE_RUNNING and not job.HasField("start_time"):
-            job.start_time.CopyFrom(stamp)
-        if state in TERMINAL:
-            job.end_time.CopyFrom(stamp)
-        if state == S.JOB_STATE_FAILED:
-            job.error.code = code
-            job.error.message = error_message or "The job failed."
-        if state == S.JOB_STATE_CANCELLED:
-            # As documented for CancelCustomJob: the job keeps an `error` whose code is
-            # google.rpc.Code.CANCELLED.
-            job.error.code = RPC_CANCELLED
-            job.error.message = CANCELLED_MESSAGE
 
     def _log_transition(
         self, project: str, job_id: str, state: int, error_message: str | None
@@ -303,6 +284,28 @@ class JobService:
                 f"CustomJob projects/{project}/locations/{location}/customJobs/{job_id} not found"
             )
         return job
+
+
+def set_job_state(
+    job: Any, state: int, error_message: str | None, code: int = RPC_INTERNAL
+) -> None:
+    """Move a CustomJob or HyperparameterTuningJob to `state`, with the times and the
+    `error` Vertex sets on the way."""
+    stamp = now()
+    job.state = state
+    job.update_time.CopyFrom(stamp)
+    if state == S.JOB_STATE_RUNNING and not job.HasField("start_time"):
+        job.start_time.CopyFrom(stamp)
+    if state in TERMINAL:
+        job.end_time.CopyFrom(stamp)
+    if state == S.JOB_STATE_FAILED:
+        job.error.code = code
+        job.error.message = error_message or "The job failed."
+    if state == S.JOB_STATE_CANCELLED:
+        # As documented for CancelCustomJob: the job keeps an `error` whose code is
+        # google.rpc.Code.CANCELLED.
+        job.error.code = RPC_CANCELLED
+        job.error.message = CANCELLED_MESSAGE
 
 
 def _service_line(

@@ -25,14 +25,12 @@ from localcloud.errors import LocalCloudError
 from localcloud.logstore import LogStore, job_log_entry
 from localcloud.vertex import listing, suggest
 from localcloud.vertex.jobs import (
-    CANCELLED_MESSAGE,
     FILTER_FIELDS,
     IN_FLIGHT,
     RPC_ABORTED,
-    RPC_CANCELLED,
-    RPC_INTERNAL,
     STOPPED_MESSAGE,
     TERMINAL,
+    set_job_state,
     validate_custom_job,
     validate_labels,
 )
@@ -155,7 +153,7 @@ class TuningService:
                 return
             study = self._studies.get(job_id)
             if study is not None:
-                self._set_state(job, S.JOB_STATE_CANCELLING, None)
+                set_job_state(job, S.JOB_STATE_CANCELLING, None)
                 self._save()
         if study is not None:
             study.cancel()  # the study reports CANCELLED once its trials stopped
@@ -187,7 +185,7 @@ class TuningService:
                     for trial in job.trials:
                         if trial.state in (T.REQUESTED, T.ACTIVE, T.STOPPING):
                             end_trial(trial, T.INFEASIBLE, STOPPED_MESSAGE)
-                    self._set_state(job, S.JOB_STATE_FAILED, STOPPED_MESSAGE, RPC_ABORTED)
+                    set_job_state(job, S.JOB_STATE_FAILED, STOPPED_MESSAGE, RPC_ABORTED)
                     failed.append((job.name.split("/")[1], job_id))
             if failed:
                 self._save()
@@ -226,7 +224,7 @@ class TuningService:
             job = self._jobs.get(job_id)
             if job is None or job.state in TERMINAL or not self._accepting_updates:
                 return
-            self._set_state(job, state, error)
+            set_job_state(job, state, error)
             self._save()
         self._log_transition(project, job_id, state, error)
 
@@ -235,7 +233,7 @@ class TuningService:
             job = self._jobs.get(job_id)
             if job is None or job.state != S.JOB_STATE_PENDING or not self._accepting_updates:
                 return
-            self._set_state(job, S.JOB_STATE_RUNNING, None)
+            set_job_state(job, S.JOB_STATE_RUNNING, None)
             self._save()
         self._log_transition(project, job_id, S.JOB_STATE_RUNNING, None)
 
@@ -252,21 +250,6 @@ class TuningService:
             )
 
     # -- helpers ---------------------------------------------------------------------
-
-    def _set_state(self, job: Any, state: int, error: str | None, code: int = RPC_INTERNAL) -> None:
-        stamp = now()
-        job.state = state
-        job.update_time.CopyFrom(stamp)
-        if state == S.JOB_STATE_RUNNING and not job.HasField("start_time"):
-            job.start_time.CopyFrom(stamp)
-        if state in TERMINAL:
-            job.end_time.CopyFrom(stamp)
-        if state == S.JOB_STATE_FAILED:
-            job.error.code = code
-            job.error.message = error or "The job failed."
-        if state == S.JOB_STATE_CANCELLED:
-            job.error.code = RPC_CANCELLED
-            job.error.message = CANCELLED_MESSAGE
 
     def _log_transition(self, project: str, job_id: str, state: int, error: str | None) -> None:
         if self._logs is None or state not in _LIFECYCLE:
