@@ -37,23 +37,20 @@ class _GrpcEntries:
         self,
         *,
         resource_names: list[str],
-        filter_: str,
-        order_by: str,
-        max_results: int,
-        page_size: int,
+        filter_: str = "",
+        order_by: str | None = None,
+        max_results: int | None = None,
+        page_size: int | None = None,
     ) -> list[Any]:
-        pager = self._gapic.list_log_entries(
-            request={
-                "resource_names": resource_names,
-                "filter": filter_,
-                "order_by": order_by,
-                "page_size": page_size,
-            }
-        )
+        request: dict[str, Any] = {"resource_names": resource_names, "filter": filter_}
+        if order_by:
+            request["order_by"] = order_by
+        if page_size:
+            request["page_size"] = page_size
         entries: list[Any] = []
-        for raw in pager:
+        for raw in self._gapic.list_log_entries(request=request):
             entries.append(_GrpcEntry(raw))
-            if len(entries) >= max_results:
+            if max_results is not None and len(entries) >= max_results:
                 break
         return entries
 
