@@ -105,11 +105,11 @@ def running_pid(directory: Path) -> int | None:
         pid = int((directory / "pid").read_text().strip())
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return None
-    return pid
+    from localcloud.procs import process_identity
+
+    # Not `os.kill(pid, 0)`: a localcloud killed with -9 stays a zombie until its new
+    # parent reaps it, and a zombie no longer runs anything.
+    return pid if process_identity(pid) is not None else None
 
 
 def cmd_down(args: argparse.Namespace) -> int:
