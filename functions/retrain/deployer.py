@@ -152,6 +152,11 @@ class Deployer:
             deployed_id = mine.id
             previous = dict(lease.doc.get("previous_traffic") or {})
             canary = int(lease.doc.get("canary", canary))
+            if lease.doc.get("step") == "deploying":
+                # The deploy went through but its answer was lost: record it now.
+                lease.step({"step": "deployed", "deployed_model_id": deployed_id})
+                end.log.info("model version deployed", deployed_model_id=deployed_id,
+                             canary=canary, found_on_retry=True)  # fmt: skip
         if not lease.doc.get("smoke_passed"):
             problem = rollout.smoke(endpoint.name, deployed_id, directory, canary)
             if problem is not None:

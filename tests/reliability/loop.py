@@ -30,6 +30,7 @@ from localcloud.logstore import LogStore
 from localcloud.router import SHARED_FILTER_PATH, LogRouter
 from localcloud.storage import StorageServer
 from localcloud.vertex.images import ImageCommands
+from localcloud.vertex.runtime import DeployedServer
 from localcloud.vertex.runtime_local import LocalJobRuntime, LocalModelRuntime
 from localcloud.vertex.server import VertexServer
 from localcloud.webhook import WebhookSink
@@ -42,6 +43,18 @@ TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 _ids = itertools.count(1)
 _ON_PURPOSE = ("retrain.errors.TransientError", "retrain.errors.ConfigError")
 _NOTICE = re.compile(r"^\[retrain\] (?P<pipeline>\S+): run (?P<run>[0-9a-f]+) (?P<kind>.+)$")
+
+
+class _CountingModels(LocalModelRuntime):
+    """The local model runtime, keeping the id of every model it was asked to deploy."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.deployed: list[str] = []
+
+    def deploy(self, deployed_model_id: str, model: aiplatform_v1.Model) -> DeployedServer:
+        self.deployed.append(deployed_model_id)
+        return super().deploy(deployed_model_id, model)
 
 
 def job_commands(model: Path | None, seconds: float) -> dict[str, list[str]]:
@@ -109,10 +122,11 @@ class Loop:
         self.logging = LoggingServer(self.logs).start()
         commands = ImageCommands(extra=job_commands(model, job_seconds))
         runtime_env = {"STORAGE_EMULATOR_HOST": gcs.url}
+        self.model_runtime = _CountingModels(self.logs, commands, runtime_env, startup_timeout=60)
         self.vertex = VertexServer(
             tmp / "vertex",
             jobs=LocalJobRuntime(PROJECT, self.logs, tmp / "jobs", commands, runtime_env, gpus=[]),
-            models=LocalModelRuntime(self.logs, commands, runtime_env, startup_timeout=60),
+            models=self.model_runtime,
             logs=self.logs,
         ).start()
         self.webhook = WebhookSink(route="/hook/secret-token").start()
@@ -336,12 +350,10 @@ class Loop:
         return found
 
     def deployments(self) -> int:
-        """Deployments the job-events function made (one log record each)."""
-        return sum(
-            1
-            for r in self.function_logs("job-events")
-            if r.get("message") == "model version deployed"
-        )
+        """Models Vertex deployed to an endpoint, counted where Vertex deploys them: a
+        deploy whose answer was lost and that the function found on redelivery counts
+        once, a second deploy of the same version counts twice."""
+        return len(self.model_runtime.deployed)
 
     def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
