@@ -244,9 +244,26 @@ class Ledger:
 
     # pending objects -------------------------------------------------------------------
     def record_pending(self, pipeline: str, object_key: str, event_id: str, now: datetime) -> bool:
-        """True if this delivery recorded the object, False if a duplicate already had."""
+        """True if this delivery recorded the object, False if a duplicate already had.
+
+        The pending record alone cannot tell a late duplicate from new data once a flush
+        has taken the object into a run and removed its record: a delivery whose answer
+        was lost, redelivered after the flush, would put the object into a second batch.
+        So each recorded object also leaves a `seen/` marker that outlives the flush (the
+        state bucket deletes them after the longest redelivery window). The marker is
+        written after the pending record: a crash between the two leaves a pending record
+        whose redelivery writes the marker, never a marker without its object."""
         doc = {"object": object_key, "event_id": event_id, "recorded_at": iso(now)}
-        return self.store.create(f"pending/{pipeline}/{object_key}", doc) is not None
+        pending, seen = f"pending/{pipeline}/{object_key}", f"seen/{pipeline}/{object_key}"
+        if self.store.create(pending, doc) is None:
+            self.store.create(seen, doc)  # a no-op unless a crash came between the two
+            return False
+        if self.store.create(seen, doc) is None:
+            # Recorded before and taken into a run since: a late duplicate. A fresh
+            # record restarts the quiet period, so no flush lists it before it is gone.
+            self.store.delete(pending)
+            return False
+        return True
 
     def list_pending(self, pipeline: str, folder: str = "") -> list[Pending]:
         prefix = f"pending/{pipeline}/"

@@ -97,6 +97,17 @@ resource "google_storage_bucket" "state" {
     }
   }
 
+  # A recorded object's marker only has to outlive the redeliveries of its event.
+  lifecycle_rule {
+    condition {
+      age            = var.seen_marker_days
+      matches_prefix = ["${var.state_prefix}seen/"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
   depends_on = [google_project_service.apis]
 }
 

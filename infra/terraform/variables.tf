@@ -83,6 +83,28 @@ variable "landing_noncurrent_retention_days" {
   }
 }
 
+variable "state_prefix" {
+  description = "The path inside the state bucket that the pipelines config's `state_uri` names (\"\" when it names the bucket itself, else ending in /): lifecycle rules match state objects under it."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.state_prefix == "" || endswith(var.state_prefix, "/")
+    error_message = "state_prefix must be empty or end with /."
+  }
+}
+
+variable "seen_marker_days" {
+  description = "Days the trigger's `seen/` markers (one per recorded data object) are kept: longer than any redelivery of a storage event (Pub/Sub keeps an unacknowledged message at most 7 days)."
+  type        = number
+  default     = 8
+
+  validation {
+    condition     = var.seen_marker_days >= 8
+    error_message = "seen_marker_days must be at least 8: a marker must outlive every redelivery of its event."
+  }
+}
+
 variable "delivery_attempts" {
   description = "Pub/Sub deliveries of one message to a function before it goes to the dead-letter topic (5-100)."
   type        = number

@@ -28,6 +28,16 @@ def test_old_runs_expire(module: Module) -> None:
     )
 
 
+def test_seen_markers_expire_after_every_redelivery_window(module: Module) -> None:
+    rules = module.resource("google_storage_bucket.state")["lifecycle_rule"]
+    assert any(
+        block(rule, "condition").get("matches_prefix") == ["${var.state_prefix}seen/"]
+        and block(rule, "condition").get("age") == "${var.seen_marker_days}"
+        and block(rule, "action")["type"] == "Delete"
+        for rule in rules
+    )
+
+
 def test_config_object_goes_to_the_state_bucket(module: Module) -> None:
     config = module.resource("google_storage_bucket_object.pipelines_config")
     assert config["bucket"] == "${google_storage_bucket.state.name}"

@@ -162,3 +162,35 @@ def test_rejected_request_raises_permanent_error_and_submits_nothing():
     with pytest.raises(InvalidRequest, match="unknown pipeline 'nope'"):
         world.trigger.handle(RetrainRequested("m-1", "nope"))
     assert world.training.jobs == {} and world.store.keys() == []
+
+
+def test_a_duplicate_redelivered_after_its_batch_was_flushed_joins_no_second_batch():
+    world = World()
+    for i in range(3):
+        world.trigger.handle(obj(f"clicks/p{i}.json"))
+    world.now += timedelta(seconds=301)
+    world.trigger.handle(Tick("t1"))
+    assert len(world.training.jobs) == 1 and world.store.keys("pending/clicks/") == []
+    # The first delivery of p1 recorded it but its answer was lost: redelivered late.
+    (outcome,) = world.trigger.handle(obj("clicks/p1.json"))
+    assert outcome.action == "duplicate"
+    assert world.store.keys("pending/clicks/") == []
+    world.trigger.handle(obj("clicks/new.json"))  # new data: the next batch
+    world.now += timedelta(seconds=1000)
+    world.trigger.handle(Tick("t2"))
+    assert len(world.training.jobs) == 2
+    second = max(world.store.keys("runs/clicks/"), key=lambda k: world.store.doc(k)["created_at"])
+    assert world.store.doc(second)["objects"] == ["clicks/new.json@1"]
+
+
+def test_a_crash_between_the_pending_record_and_its_marker_loses_nothing():
+    world = World()
+    ledger = Ledger(world.store)
+    # As if a delivery wrote the pending record and died before its `seen/` marker.
+    world.store.create("pending/clicks/clicks/p0.json@1", {"object": "clicks/p0.json@1"})
+    assert not ledger.record_pending("clicks", "clicks/p0.json@1", "ev", world.now)
+    assert world.store.keys("seen/clicks/") == ["seen/clicks/clicks/p0.json@1"]
+    world.now += timedelta(seconds=301)
+    world.trigger.handle(Tick("t1"))
+    (run_key,) = world.store.keys("runs/clicks/")
+    assert world.store.doc(run_key)["objects"] == ["clicks/p0.json@1"]
