@@ -184,10 +184,9 @@ class Deployer:
             endpoint=endpoint.name,
             canary_percent=canary or None,
         )
-        self._announcer.announce(end.pipeline, message, end.log)
         detail = f"{version.name} on {endpoint.name}" + (f" ({canary}% canary)" if canary else "")
         changes = {"model_version": version.name, "endpoint": endpoint.name, **gate}
-        return Handled(end.outcome(notify.DEPLOYED, detail), changes)
+        return Handled(end.outcome(notify.DEPLOYED, detail), changes, message)
 
     def _reject(
         self,
@@ -208,8 +207,7 @@ class Deployer:
             metric_name=deploy.metric if deploy else None,
             **gate,
         )
-        self._announcer.announce(end.pipeline, message, end.log)
-        return Handled(end.outcome(notify.REJECTED, reason), gate)
+        return Handled(end.outcome(notify.REJECTED, reason), gate, message)
 
     def _rolled_back(
         self, end: JobEnd, lease: Lease, version: ModelVersion, endpoint: str, reason: str
@@ -226,5 +224,5 @@ class Deployer:
             model_version=version.name,
             endpoint=endpoint,
         )
-        self._announcer.announce(end.pipeline, message, end.log)
-        return Handled(end.outcome(notify.ROLLED_BACK, reason), {"model_version": version.name})
+        changes = {"model_version": version.name}
+        return Handled(end.outcome(notify.ROLLED_BACK, reason), changes, message)

@@ -56,8 +56,7 @@ class FailureReports:
         if kind == notify.FAILED and notify.wanted(end.pipeline.notify, kind):
             tail = self._log_tail(end)
         message = self._announcer.about(end, kind, error=error, log_tail=tuple(tail))
-        self._announcer.announce(end.pipeline, message, end.log)
-        return Handled(end.outcome(kind, error or end.job.state))
+        return Handled(end.outcome(kind, error or end.job.state), notification=message)
 
     def _log_tail(self, end: JobEnd) -> list[str]:
         # Best effort: a notification without its log tail beats no notification.

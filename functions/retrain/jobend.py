@@ -10,6 +10,7 @@ from typing import Any
 
 from retrain.config import Config, Pipeline
 from retrain.logs import Logger
+from retrain.notify import Notification
 from retrain.ports import JobInfo, Stored, Trial
 
 SUCCEEDED = "JOB_STATE_SUCCEEDED"
@@ -30,10 +31,12 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Handled:
-    """A job end's outcome and what the run record keeps of it (its lineage)."""
+    """A job end's outcome, what the run record keeps of it (its lineage) and the
+    notification to send once the run record holds the outcome."""
 
     outcome: Outcome
     run_changes: Mapping[str, Any] = field(default_factory=dict)
+    notification: Notification | None = None
 
 
 @dataclass(frozen=True)

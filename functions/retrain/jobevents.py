@@ -170,6 +170,11 @@ class JobEvents:
         with self._heartbeat.keep(lambda: lease.renew(renew_failed)):
             try:
                 handled = self._dispatch(ports, end, lease)
+                # The run record holds the outcome before anyone hears of it, so that
+                # `retrain runs` already shows what a notification announces.
+                self._record_outcome(ports.ledger(), end, handled)
+                if handled.notification is not None:
+                    _announcer(ports).announce(pipeline, handled.notification, log)
             except (TransientError, ConfigError):
                 lease.release()  # so that the redelivery may take over at once
                 raise
@@ -180,7 +185,6 @@ class JobEvents:
         outcome = handled.outcome
         lease.finish({"step": "done", "outcome": outcome.action, "error": None})
         jobs.mark_done(pipeline.name, job.job_id, outcome.action)
-        self._record_outcome(ports.ledger(), end, handled)
         log.info(f"job end handled: {outcome.action}", detail=outcome.detail)
         return outcome
 

@@ -48,14 +48,26 @@ class Ticks:
         outcomes: list[Outcome] = []
         horizon = self._clock() - RECONCILE_WINDOW
         for pipeline in self._config.pipelines.values():
-            done = self._claims.done_jobs(pipeline.name)
-            for job in self._training.find({PIPELINE_LABEL: label_value(pipeline.name)}):
+            try:
+                done = self._claims.done_jobs(pipeline.name)
+                jobs = self._training.find({PIPELINE_LABEL: label_value(pipeline.name)})
+            except TransientError as err:
+                # One pipeline's failed listing must not keep the others from their tick;
+                # the next tick lists this one again.
+                self._log.warning("reconcile skipped", pipeline=pipeline.name, error=str(err))
+                outcomes.append(Outcome("waiting", f"jobs not listed: {err}"))
+                continue
+            for job in jobs:
                 if not job.terminal or job.job_id in done:
                     continue
                 if job.end_time is not None and job.end_time < horizon:
                     continue
                 outcomes.append(self._reconcile(job, event_id))
-            outcomes += self._promote_canaries(pipeline)
+            try:
+                outcomes += self._promote_canaries(pipeline)
+            except TransientError as err:
+                self._log.warning("canaries not settled", pipeline=pipeline.name, error=str(err))
+                outcomes.append(Outcome("waiting", f"canaries not settled: {err}"))
         return outcomes
 
     def _reconcile(self, job: JobInfo, event_id: str) -> Outcome:

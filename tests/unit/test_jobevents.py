@@ -466,3 +466,77 @@ def test_stockout_and_resource_id_helpers():
     assert not is_stockout("replica exited with code 1") and not is_stockout(None)
     assert resource_id("Churn_Model v2") == "churn-model-v2"
     assert resource_id("2fast") == "r-2fast"
+
+
+@pytest.mark.parametrize(
+    ("state", "metric", "kind"),
+    [
+        ("JOB_STATE_SUCCEEDED", 0.93, "deployed"),
+        ("JOB_STATE_SUCCEEDED", 0.5, "rejected"),
+        ("JOB_STATE_FAILED", None, "failed"),
+        ("JOB_STATE_CANCELLED", None, "cancelled"),
+    ],
+)
+def test_the_run_record_holds_the_outcome_before_the_notification_goes_out(
+    state: str, metric: float | None, kind: str
+):
+    world = World()
+    job = world.job(state, metric=metric, error="boom" if state == "JOB_STATE_FAILED" else None)
+    seen_by_reader: list[Any] = []
+    send = world.notifier.send
+
+    def send_and_look(document: Mapping[str, Any], text: str) -> None:
+        # What someone who reads the note and runs `retrain runs` at once would see.
+        seen_by_reader.append(world.run_record(job).get("outcome"))
+        send(document, text)
+
+    world.notifier.send = send_and_look  # type: ignore[method-assign]
+    world.end(job)
+    assert world.notifier.kinds() == [kind] and seen_by_reader == [kind]
+
+
+def test_a_crash_between_the_recorded_outcome_and_the_notification_still_notifies_once():
+    world = World()
+    job = world.job("JOB_STATE_SUCCEEDED", metric=0.93)
+    world.notifier.fail = [TransientError("webhook unreachable")]
+    with pytest.raises(TransientError):
+        world.end(job)
+    assert world.run_record(job)["outcome"] == "deployed" and world.notifier.sent == []
+    world.end(job, event_id="ev-2")  # the redelivery
+    world.end(job, event_id="ev-3")  # and a late duplicate
+    assert world.notifier.kinds() == ["deployed"] and len(world.endpoints.deploys) == 1
+
+
+FIRST = """[pipelines.aaa-first]
+bucket = "acme-landing"
+prefix = "aaa/"
+trigger = "each"
+
+[pipelines.aaa-first.training]
+image_uri = "us-docker.pkg.dev/acme-ml/retrain/trainer:latest"
+machine_type = "n1-standard-8"
+
+"""
+
+
+def test_a_pipeline_whose_jobs_cannot_be_listed_keeps_no_other_from_its_tick():
+    world = World()
+    world.config = parse_config(
+        CONFIG.replace("@CANARY@", "0").replace(
+            "[pipelines.churn]", FIRST + "[pipelines.churn]", 1
+        ),
+        "pipelines.toml",
+    )
+    ended = world.job("JOB_STATE_FAILED", error="boom")
+    find = world.training.find
+
+    def find_or_fail(labels: Mapping[str, str], *, active_only: bool = False) -> list[JobInfo]:
+        if labels.get("retrain-pipeline") == "aaa-first":
+            raise TransientError("list CustomJobs: 503 unavailable")
+        return find(labels, active_only=active_only)
+
+    world.training.find = find_or_fail  # type: ignore[method-assign]
+    outcomes = world.handler.handle(Tick("tick-1"))
+    assert [o.action for o in outcomes] == ["waiting", "failed"]
+    assert "503 unavailable" in outcomes[0].detail
+    assert world.notifier.kinds() == ["failed"] and world.end(ended)[0].action == "duplicate"
