@@ -197,10 +197,37 @@ class VersioningProxy:
             return ex.reply_error(400, f"Invalid bucket name: '{name}'", "invalid")
         # fake-gcs-server has no bucket update (PUT): a patch with every field is one.
         method = "PATCH" if ex.method == "PUT" else ex.method
-        answer = self._forward(ex, method=method, body=body)
-        if answer.status == 200 and enabled is not None:
-            self.archive.set_versioning(name, enabled)
+        with self.bucket_lock(name):
+            answer = self._forward(ex, method=method, body=body)
+            if answer.status == 200 and enabled is not None:
+                if enabled != self.archive.versioned(name):
+                    self._reconcile(ex, name, enabled)
+                self.archive.set_versioning(name, enabled)
         self._relay_buckets(ex, answer)
+
+    def _reconcile(self, ex: _Exchange, bucket: str, enabled: bool) -> None:
+        """The archive holds a copy of each live generation, so that it is there when the
+        object is overwritten. Versioning turned on: copy what is live now (GCS keeps it
+        once it is overwritten, whenever it was written). Suspended: drop those copies (GCS
+        drops a live generation overwritten while suspended; what is noncurrent stays)."""
+        for name, generation in self._live_objects(ex, bucket):
+            if enabled and not self.archive.has(bucket, name, generation):
+                self._archive(ex, bucket, {"name": name, "generation": generation})
+            elif not enabled:
+                self.archive.delete(bucket, name, generation)
+
+    def _live_objects(self, ex: _Exchange, bucket: str) -> Iterator[tuple[str, str]]:
+        token = ""
+        while True:
+            target = f"/storage/v1/b/{quote(bucket, safe='')}/o?pageToken={quote(token)}"
+            document = self._fetch(ex, "GET", target).json()
+            if not isinstance(document, dict):
+                return
+            for item in document.get("items", []):
+                yield str(item["name"]), str(item["generation"])
+            token = str(document.get("nextPageToken") or "")
+            if not token:
+                return
 
     def _bucket_read(self, ex: _Exchange) -> None:
         self._relay_buckets(ex, self._forward(ex))
@@ -306,15 +333,10 @@ class VersioningProxy:
 
     def _delete(self, ex: _Exchange, bucket: str, name: str) -> None:
         generation = ex.param("generation")
-        if generation is None and not self.archive.versioned(bucket):
+        if generation is None:  # the live one goes; kept already if the bucket keeps any
             return self._pass(ex)
         with self.bucket_lock(bucket):
             live = self._live_generation(ex, bucket, name)
-            if generation is None:
-                # Written before versioning was turned on: keep it now, as GCS would.
-                if live is not None and not self.archive.has(bucket, name, live):
-                    self._archive(ex, bucket, {"name": name, "generation": live})
-                return ex.relay(self._forward(ex))
             # fake-gcs-server deletes the live object whatever generation is named: only
             # the live generation goes upstream, a noncurrent one is the archive's alone.
             kept = self.archive.delete(bucket, name, generation)

@@ -119,6 +119,9 @@ class Stack:
             pubsub_host=pubsub_host,
             log_path=logs_dir / "gcs.log",
             children=self.children,
+            # Versioned buckets keep noncurrent generations, as GCS does: a rerun reads the
+            # generations its run pinned even after they were overwritten.
+            keep_versions=True,
         )
         self._ensure_topics([GCS_TOPIC])  # fake-gcs-server publishes to an existing topic
         self.storage.start()
@@ -306,16 +309,28 @@ class Stack:
                 publisher.create_topic(name=publisher.topic_path(self.project, topic))
 
     def _create_buckets(self, config: Any) -> None:
+        """The buckets the config names. As in infra/terraform, the landing buckets (runs
+        pin their generations) and the state bucket (run record history) have object
+        versioning; the artifacts bucket does not here: localcloud has no lifecycle rule
+        to expire the noncurrent checkpoints and models it would pile up."""
         from google.api_core import exceptions
 
         assert self.storage is not None
         client = storage_client(self.storage.url, self.project)
-        buckets = {p.bucket for p in config.pipelines.values()}
-        for uri in (config.defaults.state_uri, config.defaults.output_uri):
-            buckets.add(uri.removeprefix("gs://").split("/", 1)[0])
-        for bucket in sorted(buckets):
-            with contextlib.suppress(exceptions.Conflict):
+        state = config.defaults.state_uri.removeprefix("gs://").split("/", 1)[0]
+        versioned = {p.bucket for p in config.pipelines.values()} | {state}
+        output = config.defaults.output_uri.removeprefix("gs://").split("/", 1)[0]
+        for name in sorted(versioned | {output}):
+            bucket = client.bucket(name)
+            bucket.versioning_enabled = name in versioned
+            try:
                 client.create_bucket(bucket)
+            except exceptions.Conflict:
+                # Made by an earlier localcloud, perhaps before buckets were versioned.
+                existing = client.get_bucket(name)
+                if name in versioned and not existing.versioning_enabled:
+                    existing.versioning_enabled = True
+                    existing.patch()
 
 
 def storage_client(url: str, project: str) -> Any:
