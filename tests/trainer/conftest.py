@@ -61,9 +61,11 @@ def digits_model(
 
 @pytest.fixture(scope="session")
 def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fake-gcs-server; STORAGE_EMULATOR_HOST points the official client at it. In memory:
-    only that backend keeps overwritten generations (in a bucket with versioning)."""
-    server = StorageServer(root=tmp_path_factory.mktemp("gcs"), backend="memory").start()
+    """localcloud's Cloud Storage (fake-gcs-server behind the proxy that keeps overwritten
+    generations in buckets with versioning); STORAGE_EMULATOR_HOST points the official
+    client at it."""
+    server = StorageServer(root=tmp_path_factory.mktemp("gcs") / "gcs", keep_versions=True)
+    server.start()
     previous = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = server.url
     try:

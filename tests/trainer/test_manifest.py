@@ -1,7 +1,7 @@
 """A run's manifest pins its inputs: the trainer reads exactly those generations, whatever
 was written to the same names since, and fails before training when one is gone.
 
-fake-gcs-server (memory backend) keeps an overwritten generation readable only in a bucket
+localcloud's Cloud Storage keeps an overwritten generation readable only in a bucket
 created with versioning, like GCS; in a bucket without it the old generation is gone."""
 
 from __future__ import annotations
