@@ -250,20 +250,28 @@ class Ledger:
         has taken the object into a run and removed its record: a delivery whose answer
         was lost, redelivered after the flush, would put the object into a second batch.
         So each recorded object also leaves a `seen/` marker that outlives the flush (the
-        state bucket deletes them after the longest redelivery window). The marker is
-        written after the pending record: a crash between the two leaves a pending record
-        whose redelivery writes the marker, never a marker without its object."""
+        state bucket deletes them after the longest redelivery window), naming the
+        generation of the pending record it belongs to: concurrent duplicates of one
+        event write the same marker, a late duplicate finds a marker of an earlier record.
+        The marker is written after the pending record: a crash between the two leaves a
+        pending record whose redelivery writes the marker, never a marker alone."""
         doc = {"object": object_key, "event_id": event_id, "recorded_at": iso(now)}
         pending, seen = f"pending/{pipeline}/{object_key}", f"seen/{pipeline}/{object_key}"
-        if self.store.create(pending, doc) is None:
-            self.store.create(seen, doc)  # a no-op unless a crash came between the two
+        generation = self.store.create(pending, doc)
+        if generation is None:
+            current = self.store.read(pending)
+            if current is not None:  # a no-op unless a crash came between the two
+                self.store.create(seen, {**doc, "pending_generation": current.generation})
             return False
-        if self.store.create(seen, doc) is None:
-            # Recorded before and taken into a run since: a late duplicate. A fresh
-            # record restarts the quiet period, so no flush lists it before it is gone.
-            self.store.delete(pending)
-            return False
-        return True
+        if self.store.create(seen, {**doc, "pending_generation": generation}) is not None:
+            return True
+        marker = self.store.read(seen)
+        if marker is None or marker.doc.get("pending_generation") == generation:
+            return True  # a concurrent duplicate wrote this record's marker first
+        # Recorded before and taken into a run since: a late duplicate. A fresh record
+        # restarts the quiet period, so no flush lists it before it is gone.
+        self.store.delete(pending, generation=generation)
+        return False
 
     def list_pending(self, pipeline: str, folder: str = "") -> list[Pending]:
         prefix = f"pending/{pipeline}/"

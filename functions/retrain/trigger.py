@@ -74,6 +74,8 @@ from retrain.submission import submit_run
 CLAIM_LEASE = timedelta(seconds=120)  # a claim older than this without a job is abandoned
 # The run claim's lease (see ledger.LeaseTerms): dated by when it was taken or renewed.
 RUN_CLAIM = LeaseTerms("claimed_at", CLAIM_LEASE, dated_by_start=True)
+CLAIM_RENEWAL = CLAIM_LEASE / 4  # how often a long flush renews its claim
+COVER_CHUNK = 5000  # pending records removed between two looks at the claim's age
 DUPLICATE_WAIT_S = (0.2, 0.4, 0.8)  # how a duplicate waits for the claimant to finish
 
 
@@ -271,33 +273,40 @@ class Trigger:
         log = self._log.bind(pipeline=run.pipeline, run_id=run.run_id)
         ledger.open(run.pipeline, run.run_id)
         if run.trigger in ("marker", "quiet"):
-            covered = self._cover_pending(ledger, run)
-            # Renews the claim as well: covering a large batch can outlast CLAIM_LEASE, and
-            # a delivery that took an expired claim over owns the run from then on.
-            renewed = ledger.update_run(
-                run.pipeline,
-                run.run_id,
-                claimed,
-                {"objects": sorted(covered), **RUN_CLAIM.stamp(self._clock())},
-            )
-            if renewed is None:
+            covered = self._cover_pending(ledger, run, claimed)
+            if covered is None:
                 log.warning("claim taken over while the pending objects were being covered")
                 return Outcome("duplicate", "claim taken over", run.run_id)
-            claimed = renewed
+            claimed = covered
         log.info("run claimed", trigger=run.trigger, data_uri=run.data_uri)
         return self._admit_and_submit(pipeline, claimed.doc, claimed.generation, ports)
 
-    def _cover_pending(self, ledger: Ledger, run: RunPlan) -> set[str]:
-        """The pending objects a run covers leave the pending set once the run is claimed
-        (the run record keeps them as lineage)."""
+    def _cover_pending(self, ledger: Ledger, run: RunPlan, claimed: Stored) -> Stored | None:
+        """The pending objects a run covers leave the pending set once the run is claimed.
+        The run record names them first (its lineage), so that a crash while they are
+        being removed loses none: whoever takes the run over removes the rest. Removing
+        100,000 records outlasts CLAIM_LEASE, so the claim is renewed as it goes; None
+        when another delivery took the claim over meanwhile (it owns the run then)."""
         if run.trigger == "marker":
-            pending = {
-                p.object_key for p in ledger.list_pending(run.pipeline, run.covers_folder or "")
-            }
+            folder = run.covers_folder or ""
+            pending = sorted(p.object_key for p in ledger.list_pending(run.pipeline, folder))
         else:
-            pending = set(run.objects)
-        ledger.drop_pending(run.pipeline, pending)
-        return pending | set(run.objects)
+            pending = sorted(run.objects)
+        objects = sorted(set(pending) | set(run.objects))
+        stamp = RUN_CLAIM.stamp(self._clock())
+        current = ledger.update_run(
+            run.pipeline, run.run_id, claimed, {"objects": objects, **stamp}
+        )
+        renewed_at = self._clock()
+        for start in range(0, len(pending), COVER_CHUNK):
+            if current is None:
+                return None
+            ledger.drop_pending(run.pipeline, pending[start : start + COVER_CHUNK])
+            if self._clock() - renewed_at > CLAIM_RENEWAL:
+                stamp = RUN_CLAIM.stamp(self._clock())
+                current = ledger.update_run(run.pipeline, run.run_id, current, stamp)
+                renewed_at = self._clock()
+        return current
 
     def _admit_and_submit(
         self, pipeline: Pipeline, record: dict[str, Any], generation: int, ports: Ports
@@ -564,6 +573,11 @@ class Trigger:
             return Outcome("adopted", "found by label", run_id, job.name)
         taken = ledger.take_over_run(pipeline.name, run_id, stored, RUN_CLAIM, self._clock())
         log.warning("taking over an abandoned claim")
+        covered = set(taken.doc.get("objects") or ())
+        if covered and taken.doc.get("trigger") in ("marker", "quiet"):
+            # The claimant may have died while removing them: no later batch may take them.
+            left = [p.object_key for p in ledger.list_pending(pipeline.name)]
+            ledger.drop_pending(pipeline.name, [key for key in left if key in covered])
         return self._admit_and_submit(pipeline, taken.doc, taken.generation, ports)
 
 

@@ -194,3 +194,53 @@ def test_a_crash_between_the_pending_record_and_its_marker_loses_nothing():
     world.trigger.handle(Tick("t1"))
     (run_key,) = world.store.keys("runs/clicks/")
     assert world.store.doc(run_key)["objects"] == ["clicks/p0.json@1"]
+
+
+def test_a_flush_longer_than_the_claim_lease_keeps_its_claim_and_makes_one_job():
+    world = World()
+    for i in range(12_000):
+        world.trigger.handle(obj(f"clicks/p{i:05}.json"))
+    world.now += timedelta(seconds=301)
+    delete, deletes, overlapping = world.store.delete, [0], []
+
+    def slow_delete(key: str, **kwargs):
+        deleted = delete(key, **kwargs)
+        if key.startswith("pending/"):
+            deletes[0] += 1
+            world.now += timedelta(seconds=0.02)  # 12,000 removals: 240 s, past the lease
+            if deletes[0] == 10_000:  # a tick arrives 200 s into the flush
+                overlapping.extend(world.trigger.handle(Tick("t-overlap")))
+        return deleted
+
+    world.store.delete = slow_delete  # type: ignore[method-assign]
+    (outcome,) = world.trigger.handle(Tick("t1"))
+    assert outcome.action == "submitted"
+    # The overlapping tick found the claim live: it left the run to the flush.
+    assert overlapping and {o.action for o in overlapping} <= {"duplicate", "waiting"}
+    assert len(world.training.jobs) == 1 and world.store.keys("pending/clicks/") == []
+    (run_key,) = world.store.keys("runs/clicks/")
+    assert len(world.store.doc(run_key)["objects"]) == 12_000
+
+
+def test_a_flush_that_died_while_removing_its_objects_leaves_none_for_a_later_batch():
+    world = World()
+    for i in range(3):
+        world.trigger.handle(obj(f"churn/d1/part-{i}.csv"))
+    delete, crashed = world.store.delete, []
+
+    def crash_after_one(key: str, **kwargs):
+        if key.startswith("pending/") and crashed:
+            raise SystemExit("killed")  # the process dies mid-removal
+        crashed.append(key)
+        return delete(key, **kwargs)
+
+    world.store.delete = crash_after_one  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        world.trigger.handle(obj("churn/d1/_SUCCESS", size=0))
+    world.store.delete = delete  # type: ignore[method-assign]
+    assert len(world.store.keys("pending/churn/")) == 2 and world.training.jobs == {}
+    world.now += timedelta(seconds=121)  # the dead delivery's claim goes stale
+    world.trigger.handle(obj("churn/d1/_SUCCESS", size=0))  # the redelivery takes over
+    assert len(world.training.jobs) == 1 and world.store.keys("pending/churn/") == []
+    (run_key,) = world.store.keys("runs/churn/")
+    assert len(world.store.doc(run_key)["objects"]) == 4
