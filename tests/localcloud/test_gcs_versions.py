@@ -19,6 +19,7 @@ from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage  # type: ignore[attr-defined]
 
+from localcloud.stack import DEMO_CONFIG, Options, Stack
 from localcloud.storage import StorageServer
 
 PROJECT = "localcloud"
@@ -287,3 +288,30 @@ def test_a_killed_fake_gcs_server_is_restarted_behind_the_same_address(tmp_path:
         assert upload(bucket, "k.csv", b"third") != first
     finally:
         server.stop()
+
+
+def test_localcloud_versions_the_landing_and_state_buckets_as_terraform_does(
+    tmp_path: Path, gcs: StorageServer, client: storage.Client
+) -> None:
+    from retrain.config import parse_config
+
+    suffix = uuid.uuid4().hex[:8]
+    renamed = {
+        name: f"{name}-{suffix}" for name in ("demo-landing", "demo-state", "demo-artifacts")
+    }
+    text = DEMO_CONFIG.read_text()
+    for name, new in renamed.items():
+        text = text.replace(f'"{name}"', f'"{new}"').replace(f"gs://{name}/", f"gs://{new}/")
+    config = parse_config(text, str(DEMO_CONFIG))
+    landing = client.create_bucket(renamed["demo-landing"])  # an earlier localcloud's, unversioned
+    before = upload(landing, "digits/b1/part-0.csv", b"before")
+    stack = Stack(Options(dir=tmp_path, config=DEMO_CONFIG))
+    stack.storage = gcs
+
+    stack._create_buckets(config)
+
+    assert {name: client.get_bucket(new).versioning_enabled for name, new in renamed.items()} == {
+        "demo-landing": True, "demo-state": True, "demo-artifacts": False
+    }  # fmt: skip
+    upload(landing, "digits/b1/part-0.csv", b"after")
+    assert landing.blob("digits/b1/part-0.csv", generation=before).download_as_bytes() == b"before"
