@@ -87,7 +87,7 @@ class StorageServer:
             # Nobody but the proxy knows this port: a fresh one each time, so a restart
             # need not wait for the dead process's port to be released.
             self._gcs_port = free_port(self.host)
-            self._proxy.upstream = (self.host, self._gcs_port)
+            self._proxy.upstream.address = (self.host, self._gcs_port)
         gcs_port = self._gcs_port if self.keep_versions else self.port
         args = [
             str(_get_binary_path()),
