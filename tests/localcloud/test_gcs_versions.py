@@ -19,6 +19,7 @@ from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage  # type: ignore[attr-defined]
 
+from localcloud.gcs_versions import byte_range
 from localcloud.stack import DEMO_CONFIG, Options, Stack
 from localcloud.storage import StorageServer
 
@@ -315,3 +316,27 @@ def test_localcloud_versions_the_landing_and_state_buckets_as_terraform_does(
     }  # fmt: skip
     upload(landing, "digits/b1/part-0.csv", b"after")
     assert landing.blob("digits/b1/part-0.csv", generation=before).download_as_bytes() == b"before"
+
+
+@pytest.mark.parametrize(
+    ("header", "window"),
+    [
+        (None, None),
+        ("bytes=2-5", (2, 5)),
+        ("bytes=7-", (7, 9)),
+        ("bytes=8-100", (8, 9)),  # past the end: up to the end, as GCS does
+        ("bytes=-3", (7, 9)),  # the last three
+        ("bytes=-30", (0, 9)),
+        ("bytes=0-1,4-5", None),  # several ranges: the whole object
+    ],
+)
+def test_a_range_header_is_read_as_gcs_reads_it(
+    header: str | None, window: tuple[int, int] | None
+) -> None:
+    assert byte_range(header, 10) == window
+
+
+@pytest.mark.parametrize("header", ["bytes=10-", "bytes=5-4", "bytes=-0"])
+def test_an_unsatisfiable_range_is_refused(header: str) -> None:
+    with pytest.raises(ValueError):
+        byte_range(header, 10)
