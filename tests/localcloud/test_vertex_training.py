@@ -42,6 +42,8 @@ SKLEARN_TRAIN = "us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-0:latest"
 PYTORCH_TRAIN = "us-docker.pkg.dev/vertex-ai/training/pytorch-gpu.2-4.py310:latest"
 SKLEARN_SERVE = "us-docker.pkg.dev/vertex-ai/prediction/sklearn-cpu.1-3:latest"
 TF_TRAIN = "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-15.py310:latest"
+XGBOOST_TRAIN = "us-docker.pkg.dev/vertex-ai/training/xgboost-cpu.2-1:latest"
+XGBOOST_SERVE = "us-docker.pkg.dev/vertex-ai/prediction/xgboost-cpu.2-1:latest"
 PROJECT_SERVING = "us-docker.pkg.dev/sdk-project/retrain/serving:latest"
 WAIT_S = 120.0
 S = aiplatform_v1.JobState
@@ -66,6 +68,25 @@ local = os.path.join(tempfile.mkdtemp(), "model.joblib")
 joblib.dump(model, local)
 bucket, _, prefix = os.environ["AIP_MODEL_DIR"].removeprefix("gs://").partition("/")
 storage.Client().bucket(bucket).blob(prefix.rstrip("/") + "/model.joblib").upload_from_filename(local)
+"""
+
+XGBOOST_SCRIPT = """
+import os, tempfile
+
+import xgboost
+from google.cloud import storage
+from sklearn.datasets import load_iris
+
+features, labels = load_iris(return_X_y=True)
+booster = xgboost.train(
+    {"objective": "multi:softmax", "num_class": 3, "max_depth": 3, "seed": 0},
+    xgboost.DMatrix(features, label=labels),
+    num_boost_round=20,
+)
+local = os.path.join(tempfile.mkdtemp(), "model.bst")
+booster.save_model(local)
+bucket, _, prefix = os.environ["AIP_MODEL_DIR"].removeprefix("gs://").partition("/")
+storage.Client().bucket(bucket).blob(prefix.rstrip("/") + "/model.bst").upload_from_filename(local)
 """
 
 
@@ -164,6 +185,35 @@ def test_custom_training_job_from_a_script_trains_deploys_and_predicts(
     rows = [iris.data[0].tolist(), iris.data[75].tolist(), iris.data[149].tolist()]
     predictions = endpoint.predict(instances=rows).predictions
     assert predictions == [0, 1, 2]
+    endpoint.undeploy_all()
+
+
+@pytest.mark.slow  # trains, deploys and serves a model: ~15 s
+def test_xgboost_on_googles_prebuilt_training_and_serving_images(
+    rest_sdk: Any, tmp_path: Path
+) -> None:
+    # GIVEN an XGBoost script for Google's prebuilt XGBoost training and serving images
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(XGBOOST_SCRIPT))
+    job = rest_sdk.CustomTrainingJob(
+        display_name="iris-xgboost",
+        script_path=str(script),
+        container_uri=XGBOOST_TRAIN,
+        requirements=[],
+        model_serving_container_image_uri=XGBOOST_SERVE,
+    )
+
+    # WHEN it runs, and its model (model.bst, as those images expect) is deployed
+    model = job.run(replica_count=1, machine_type="n1-standard-4")
+    endpoint = model.deploy(machine_type="n1-standard-2")
+
+    # THEN the booster answers with the classes it predicts in-process
+    assert job.gca_resource.state == P.PIPELINE_STATE_SUCCEEDED
+    assert model.container_spec.image_uri == XGBOOST_SERVE
+    iris = load_iris()
+    rows = [iris.data[0].tolist(), iris.data[75].tolist(), iris.data[149].tolist()]
+    predictions = endpoint.predict(instances=rows).predictions
+    assert predictions == [0.0, 1.0, 2.0]
     endpoint.undeploy_all()
 
 

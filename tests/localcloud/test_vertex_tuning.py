@@ -449,7 +449,45 @@ def test_list_get_cancel_and_delete_without_a_runtime(bare: VertexServer, tmp_pa
         jobs.get_custom_job(name=second.name.replace("hyperparameterTuningJobs", "customJobs"))
 
 
-def test_a_restart_fails_the_tuning_jobs_that_were_running(tmp_path: Path, commands):
+def test_a_restart_runs_the_tuning_jobs_that_were_running_again_under_their_names(
+    tmp_path: Path, commands
+):
+    logs = LogStore(tmp_path / "logs.jsonl")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def runtime() -> LocalJobRuntime:
+        return LocalJobRuntime(PROJECT, logs, tmp_path / "rt", commands, {}, gpus=[])
+
+    with VertexServer(tmp_path / "v", jobs=runtime(), logs=logs).start() as running:
+        jobs = client(running, "grpc")
+        body = tuning_job(out, parameters=[X_GRID], gate=True)
+        name = jobs.create_hyperparameter_tuning_job(
+            parent=PARENT, hyperparameter_tuning_job=body
+        ).name
+        wait_for_trials(jobs, name, 1)
+    for trial in ("1", "2", "3"):
+        (out / f"release-{trial}").touch()
+    with VertexServer(tmp_path / "v", jobs=runtime(), logs=logs).start() as restarted:
+        jobs = client(restarted, "grpc")
+        job = wait_for_state(jobs, name, S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED)
+        assert job.state == S.JOB_STATE_SUCCEEDED, job.error
+        assert [t.id for t in job.trials] == ["1", "2", "3"]  # started over, once each
+        assert {t.state for t in job.trials} == {T.SUCCEEDED}
+        (listed,) = jobs.list_hyperparameter_tuning_jobs(parent=PARENT)
+        assert listed.name == name
+    job_id = name.rsplit("/", 1)[1]
+    texts = [
+        str(e.get("jsonPayload", {}).get("message", e.get("textPayload", "")))
+        for e in logs.entries()
+        if e.get("resource", {}).get("labels", {}).get("job_id") == job_id
+    ]
+    assert any("running it again from the start" in t for t in texts), texts
+
+
+def test_a_restart_without_a_runtime_fails_the_tuning_jobs_that_were_running(
+    tmp_path: Path, commands
+):
     logs = LogStore(tmp_path / "logs.jsonl")
     runtime = LocalJobRuntime(PROJECT, logs, tmp_path / "rt", commands, {}, gpus=[])
     out = tmp_path / "out"

@@ -27,6 +27,7 @@ from localcloud.vertex import listing, suggest
 from localcloud.vertex.jobs import (
     FILTER_FIELDS,
     IN_FLIGHT,
+    RERUN_MESSAGE,
     RPC_ABORTED,
     STOPPED_MESSAGE,
     TERMINAL,
@@ -177,20 +178,44 @@ class TuningService:
     # -- lifecycle -------------------------------------------------------------------
 
     def recover(self) -> None:
-        """After a restart no study drives the jobs that were in flight: fail them."""
-        failed = []
+        """After a restart (`down`/`up`, or localcloud killed) no study drives the jobs
+        that were in flight. Each runs again from the start under the same name, as a
+        CustomJob does (its trials, which the old localcloud's stop ended, start over):
+        the job still ends exactly once. A job being cancelled ends CANCELLED; without a
+        runtime the jobs fail."""
+        ended: list[tuple[str, str, int, str | None]] = []
+        rerun: list[tuple[str, str, Any]] = []
         with self._lock:
             for job_id, job in self._jobs.items():
-                if job.state in IN_FLIGHT:
+                if job.state not in IN_FLIGHT:
+                    continue
+                project = job.name.split("/")[1]
+                if job.state == S.JOB_STATE_CANCELLING or self._runtime is None:
                     for trial in job.trials:
                         if trial.state in (T.REQUESTED, T.ACTIVE, T.STOPPING):
                             end_trial(trial, T.INFEASIBLE, STOPPED_MESSAGE)
-                    set_job_state(job, S.JOB_STATE_FAILED, STOPPED_MESSAGE, RPC_ABORTED)
-                    failed.append((job.name.split("/")[1], job_id))
-            if failed:
+                    if job.state == S.JOB_STATE_CANCELLING:
+                        set_job_state(job, S.JOB_STATE_CANCELLED, None)
+                        ended.append((project, job_id, S.JOB_STATE_CANCELLED, None))
+                    else:
+                        set_job_state(job, S.JOB_STATE_FAILED, STOPPED_MESSAGE, RPC_ABORTED)
+                        ended.append((project, job_id, S.JOB_STATE_FAILED, STOPPED_MESSAGE))
+                    continue
+                job.ClearField("trials")
+                set_job_state(job, S.JOB_STATE_PENDING, None)
+                rerun.append((project, job_id, _copy(job)))
+            if ended or rerun:
                 self._save()
-        for project, job_id in failed:
-            self._log_transition(project, job_id, S.JOB_STATE_FAILED, STOPPED_MESSAGE)
+        for project, job_id, state, message in ended:
+            self._log_transition(project, job_id, state, message)
+        for project, job_id, snapshot in rerun:
+            self.log(project, job_id, RERUN_MESSAGE, "WARNING")
+            self._log_transition(project, job_id, S.JOB_STATE_PENDING, None)
+            assert self._runtime is not None
+            study = Study(self, project, job_id, snapshot, self._runtime)
+            with self._lock:
+                self._studies[job_id] = study
+            study.start()
 
     def stop_accepting_updates(self) -> None:
         # Once the server stops, its trials' ends (processes killed on close) are not the
