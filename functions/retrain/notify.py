@@ -108,7 +108,10 @@ def links(n: Notification) -> dict[str, str]:
     if n.job:
         job_id = n.job.rsplit("/", 1)[-1]
         query = quote(f'resource.type="ml_job" resource.labels.job_id="{job_id}"', safe="")
-        found["job"] = f"{CONSOLE}/vertex-ai/locations/{n.region}/training/{job_id}/cpu{project}"
+        # A CustomJob's page opens on its CPU tab; a tuning job's page (same path, as the
+        # SDK's dashboard links have it) has no such tab.
+        tab = "" if "/hyperparameterTuningJobs/" in n.job else "/cpu"
+        found["job"] = f"{CONSOLE}/vertex-ai/locations/{n.region}/training/{job_id}{tab}{project}"
         found["logs"] = f"{CONSOLE}/logs/query;query={query}{project}"
     if n.model_version:
         model, _, version = n.model_version.partition("@")

@@ -58,3 +58,20 @@ def test_request_rejected_is_a_notify_kind_of_the_config():
     churn = config.pipelines["churn"].notify
     assert notify.wanted(churn, notify.REQUEST_REJECTED)
     assert not notify.wanted(churn, notify.FAILED)
+
+
+def test_job_links_open_the_page_of_the_kind_of_job_that_ran():
+    custom = notify.links(failed("boom"))["job"]
+    assert custom == (
+        "https://console.cloud.google.com/vertex-ai/locations/us-central1/training/"
+        "2208815734829776896/cpu?project=acme-ml"
+    )
+    tuning_job = JOB.replace("customJobs", "hyperparameterTuningJobs")
+    tuned = Notification(
+        kind=notify.FAILED, pipeline="churn", run_id="r1", job=tuning_job,
+        state="JOB_STATE_FAILED", project="acme-ml", region="us-central1",
+    )  # fmt: skip
+    assert notify.links(tuned)["job"] == (
+        "https://console.cloud.google.com/vertex-ai/locations/us-central1/training/"
+        "2208815734829776896?project=acme-ml"
+    )
