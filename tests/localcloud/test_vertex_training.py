@@ -71,12 +71,15 @@ storage.Client().bucket(bucket).blob(prefix.rstrip("/") + "/model.joblib").uploa
 """
 
 XGBOOST_SCRIPT = """
-import os, tempfile
+import argparse, os, tempfile
 
 import xgboost
 from google.cloud import storage
 from sklearn.datasets import load_iris
 
+parser = argparse.ArgumentParser()
+parser.add_argument("--c", type=float, default=1.0)  # accepted, as the other script's
+parser.parse_args()
 features, labels = load_iris(return_X_y=True)
 booster = xgboost.train(
     {"objective": "multi:softmax", "num_class": 3, "max_depth": 3, "seed": 0},
@@ -146,19 +149,29 @@ def object_path(uri: str) -> str:
 # ------------------------------------------------------------------ training pipelines
 
 
+FRAMEWORKS = {
+    # script, Google's prebuilt training and serving images, what the model answers
+    "scikit-learn": (SKLEARN_SCRIPT, SKLEARN_TRAIN, SKLEARN_SERVE, [0, 1, 2]),
+    # model.bst, as the XGBoost images expect; a booster's classes come as floats
+    "xgboost": (XGBOOST_SCRIPT, XGBOOST_TRAIN, XGBOOST_SERVE, [0.0, 1.0, 2.0]),
+}
+
+
 @pytest.mark.slow  # trains, deploys and serves a model: ~15 s
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
 def test_custom_training_job_from_a_script_trains_deploys_and_predicts(
-    sdk: Any, tmp_path: Path
+    sdk: Any, tmp_path: Path, framework: str
 ) -> None:
-    # GIVEN a scikit-learn script and Google's prebuilt scikit-learn images
+    # GIVEN a training script and Google's prebuilt images for its framework
+    source, train_image, serve_image, expected = FRAMEWORKS[framework]
     script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(SKLEARN_SCRIPT))
+    script.write_text(textwrap.dedent(source))
     job = sdk.CustomTrainingJob(
-        display_name="iris",
+        display_name=f"iris-{framework}",
         script_path=str(script),
-        container_uri=SKLEARN_TRAIN,
+        container_uri=train_image,
         requirements=[],
-        model_serving_container_image_uri=SKLEARN_SERVE,
+        model_serving_container_image_uri=serve_image,
     )
 
     # WHEN it runs, and its model is deployed
@@ -172,48 +185,19 @@ def test_custom_training_job_from_a_script_trains_deploys_and_predicts(
     custom_job = sdk.CustomJob.get(backing).gca_resource
     assert custom_job.state == S.JOB_STATE_SUCCEEDED
     (pool,) = custom_job.job_spec.worker_pool_specs
-    assert pool.python_package_spec.executor_image_uri == SKLEARN_TRAIN
+    assert pool.python_package_spec.executor_image_uri == train_image
     assert pool.python_package_spec.python_module == "aiplatform_custom_trainer_script.task"
     assert list(pool.python_package_spec.args) == ["--c=0.5"]
     # ... and uploaded the model from <base_output_directory>/model
     base = custom_job.job_spec.base_output_directory.output_uri_prefix.rstrip("/")
     assert model.uri == f"{base}/model"
-    assert model.container_spec.image_uri == SKLEARN_SERVE
+    assert model.container_spec.image_uri == serve_image
     assert pipeline.model_to_upload.name == model.resource_name
     # ... and the prebuilt serving image answers with the model's classes
     iris = load_iris()
     rows = [iris.data[0].tolist(), iris.data[75].tolist(), iris.data[149].tolist()]
     predictions = endpoint.predict(instances=rows).predictions
-    assert predictions == [0, 1, 2]
-    endpoint.undeploy_all()
-
-
-@pytest.mark.slow  # trains, deploys and serves a model: ~15 s
-def test_xgboost_on_googles_prebuilt_training_and_serving_images(
-    rest_sdk: Any, tmp_path: Path
-) -> None:
-    # GIVEN an XGBoost script for Google's prebuilt XGBoost training and serving images
-    script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(XGBOOST_SCRIPT))
-    job = rest_sdk.CustomTrainingJob(
-        display_name="iris-xgboost",
-        script_path=str(script),
-        container_uri=XGBOOST_TRAIN,
-        requirements=[],
-        model_serving_container_image_uri=XGBOOST_SERVE,
-    )
-
-    # WHEN it runs, and its model (model.bst, as those images expect) is deployed
-    model = job.run(replica_count=1, machine_type="n1-standard-4")
-    endpoint = model.deploy(machine_type="n1-standard-2")
-
-    # THEN the booster answers with the classes it predicts in-process
-    assert job.gca_resource.state == P.PIPELINE_STATE_SUCCEEDED
-    assert model.container_spec.image_uri == XGBOOST_SERVE
-    iris = load_iris()
-    rows = [iris.data[0].tolist(), iris.data[75].tolist(), iris.data[149].tolist()]
-    predictions = endpoint.predict(instances=rows).predictions
-    assert predictions == [0.0, 1.0, 2.0]
+    assert predictions == expected
     endpoint.undeploy_all()
 
 
