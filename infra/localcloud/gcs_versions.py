@@ -25,6 +25,7 @@ import contextlib
 import email.utils
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -245,10 +246,14 @@ class VersioningProxy:
         if not media:
             return ex.reply_json(200, self._presented(ex, meta))
         path = self.archive.data_path(bucket, name, generation)
-        if path is None:
+        try:
+            data = path.open("rb") if path is not None else None
+        except FileNotFoundError:  # deleted since its metadata was read
+            data = None
+        if data is None:
             return ex.relay(answer)
-        with path.open("rb") as data:
-            _send_media(ex, meta, data, path.stat().st_size)
+        with data:
+            _send_media(ex, meta, data, os.fstat(data.fileno()).st_size)
 
     def _list(self, ex: Exchange, bucket: str) -> None:
         answer = self.upstream.forward(ex)
