@@ -183,8 +183,11 @@ class JobEvents:
                 lease.step({"error": str(err)}, strict=False)
                 raise
         outcome = handled.outcome
-        lease.finish({"step": "done", "outcome": outcome.action, "error": None})
+        # The done marker first: a crash between the two leaves a lease that the
+        # redelivery takes over and finishes; the other way round, every later delivery
+        # saw "done" and no one wrote the marker, so each tick reconciled the job again.
         jobs.mark_done(pipeline.name, job.job_id, outcome.action)
+        lease.finish({"step": "done", "outcome": outcome.action, "error": None})
         log.info(f"job end handled: {outcome.action}", detail=outcome.detail)
         return outcome
 
