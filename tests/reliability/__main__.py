@@ -4,7 +4,7 @@ python -m tests.reliability          # everything (`make reliability`)
 python -m tests.reliability fuzz     # only sections whose name contains "fuzz"
 
 Sections: hostile deliveries fuzzed through both HTTP functions, sustained faults,
-guards under races, scale. Each figure comes with the command that reproduces it.
+guards under races, crash points, scale. Each figure comes with the command that reproduces it.
 """
 
 from __future__ import annotations
@@ -118,6 +118,17 @@ def races() -> str:
     )
 
 
+def crash_points() -> str:
+    from localcloud.storage import StorageServer
+    from tests.reliability import sustained
+    from tests.reliability.crashpoints import scenario
+
+    with tempfile.TemporaryDirectory() as tmp, StorageServer(root=Path(tmp) / "gcs") as gcs:
+        model = sustained.train_model(Path(tmp) / "trained")
+        report = scenario.run(gcs, Path(tmp) / "crash", model)
+    return "## Crash points\n\n" + scenario.markdown(report)
+
+
 def scale() -> str:
     from tests.bench import bench_scale
 
@@ -133,6 +144,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "fuzz": fuzz,
     "sustained": sustained_faults,
     "races": races,
+    "crash": crash_points,
     "scale": scale,
 }
 
