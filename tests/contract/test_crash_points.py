@@ -17,22 +17,6 @@ from tests.contract.jobevents_fixtures import trained_model_fixture  # noqa: F40
 from tests.reliability.crashpoints import scenario
 from tests.reliability.crashpoints.injector import POINTS, function_env
 
-# Points where a crash still changes the end state (see docs/reliability.md, "Crash
-# points"). Strict: once the product is fixed the test fails until the entry goes.
-KNOWN = {
-    "trigger.run_claimed": "a takeover of a marker run whose claimant died before covering "
-    "the batch never covers it: the job's manifest holds the marker only, the run record "
-    "names no part, and the parts stay pending",
-    "trigger.slot_taken": "a takeover does not find the slot the dead claimant took for the "
-    "run: it takes another, and the first stays held until the pipeline is full",
-    "trigger.job_created": "a job adopted by its label is recorded without `data_manifest` "
-    "(nor `champion_model_dir`): the run cannot be rerun on its inputs",
-    "job_events.version_uploaded": "a takeover that finds the run's model version skips the "
-    "gate and loses its figures: run record and notification lack the champion comparison",
-    "job_events.notification_claimed": "a notification claimed and not sent is never sent: "
-    "the redelivery finds the claim and takes it as sent",
-}
-
 
 @pytest.fixture(scope="module", name="report")
 def report_fixture(
@@ -77,7 +61,9 @@ def test_baselines_end_as_the_batch_calls_for(report: scenario.Report):
 @pytest.mark.parametrize(
     "point",
     [
-        pytest.param(p, marks=pytest.mark.xfail(reason=KNOWN[p], strict=True)) if p in KNOWN else p
+        pytest.param(p, marks=pytest.mark.xfail(reason=scenario.KNOWN[p], strict=True))
+        if p in scenario.KNOWN
+        else p
         for p in POINTS
     ],
 )
