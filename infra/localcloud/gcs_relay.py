@@ -125,6 +125,10 @@ def _send(
     body: bytes | IO[bytes] | None,
     own: bool,
 ) -> http.client.HTTPResponse:
+    connection.connect()
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm
+    # and the server's delayed ACK hold every request with a body up.
+    connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
     headers = ex.forwarded_headers() if own else [("Host", ex.headers.get("Host", ""))]
     for key, value in headers:
