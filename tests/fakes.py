@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from retrain.bundle import Lazy, Ports
 from retrain.config import Config, Pipeline
+from retrain.errors import TransientError
 from retrain.jobspec import JobSpec
 from retrain.ledger import Ledger
 from retrain.ports import (
@@ -181,6 +182,7 @@ class FakeTraining:
                 display_name=spec.display_name,
                 labels=dict(spec.labels),
                 base_output_directory=spec.base_output_directory,
+                args=spec.worker_pools[0].args if spec.worker_pools else (),
                 objective=Objective(tuning.metric, tuning.goal) if tuning else None,
             )
             self.jobs[name] = job
@@ -248,3 +250,17 @@ def fake_ports(
         job_logs=lazy(job_logs),
         objects=lazy(objects),
     )
+
+
+def fail_the_record_update_after_the_job_is_created(world: Any) -> None:
+    """The run record's update that names a new job fails (GCS 503) once: a delivery
+    interrupted between CreateCustomJob and its record."""
+    submit = world.training.submit
+
+    def submit_then_fail(spec: JobSpec) -> JobInfo:
+        job = submit(spec)
+        world.store.fail_next_replace = TransientError("GCS 503 on the run record update")
+        world.training.submit = submit
+        return job
+
+    world.training.submit = submit_then_fail

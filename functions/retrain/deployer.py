@@ -75,11 +75,14 @@ class Deployer:
             if not verdict.passed:
                 return self._reject(end, verdict.reason, verdict.metric, verdict.champion_metric,
                                     verdict.basis, verdict.rows)  # fmt: skip
-            version = registry.upload(self._version_spec(end, model_id, directory, value))
-            # The figures the gate compared, and on what basis, for records and messages.
-            lease.step({"step": "registered", "model_version": version.name,
-                        "metric": verdict.metric, "champion_metric": verdict.champion_metric,
+            # The figures the gate compared, and on what basis, for records and messages:
+            # kept before the upload, since a delivery that takes over after it finds the
+            # version by its label and judges nothing again.
+            lease.step({"step": "judged", "metric": verdict.metric,
+                        "champion_metric": verdict.champion_metric,
                         "basis": verdict.basis, "basis_rows": verdict.rows})  # fmt: skip
+            version = registry.upload(self._version_spec(end, model_id, directory, value))
+            lease.step({"step": "registered", "model_version": version.name})
             end.log.info("model version registered", model_version=version.name, metric=value)
         return self._deploy(end, lease, registry, version, directory)
 

@@ -100,7 +100,7 @@ class JobEvents:
             ports.training(),
             ports.claims(),
             lambda: self._rollout(ports),
-            _announcer(ports),
+            _announcer(ports, self._clock),
             lambda job: self._on_job(ports, job, event_id),
             self._log,
             self._clock,
@@ -174,7 +174,7 @@ class JobEvents:
                 # `retrain runs` already shows what a notification announces.
                 self._record_outcome(ports.ledger(), end, handled)
                 if handled.notification is not None:
-                    _announcer(ports).announce(pipeline, handled.notification, log)
+                    _announcer(ports, self._clock).announce(pipeline, handled.notification, log)
             except (TransientError, ConfigError):
                 lease.release()  # so that the redelivery may take over at once
                 raise
@@ -200,7 +200,7 @@ class JobEvents:
 
     def _dispatch(self, ports: Ports, end: JobEnd, lease: Lease) -> Handled:
         """Route the job end to the part that handles it."""
-        failures = FailureReports(_need(ports.job_logs, "job_logs"), _announcer(ports))
+        failures = FailureReports(_need(ports.job_logs, "job_logs"), _announcer(ports, self._clock))
         job = end.job
         if job.state == SUCCEEDED and job.is_tuning and end.trial is None:
             metric = job.objective.metric if job.objective else "the study's metric"
@@ -217,7 +217,7 @@ class JobEvents:
 
     def _deployer(self, ports: Ports) -> Deployer:
         return Deployer(_need(ports.registry, "registry"), lambda: self._rollout(ports),
-                        _need(ports.blobs, "blobs")(), ports.claims(), _announcer(ports),
+                        _need(ports.blobs, "blobs")(), ports.claims(), _announcer(ports, self._clock),
                         self._clock)  # fmt: skip
 
     def _rollout(self, ports: Ports) -> Rollout:
@@ -242,8 +242,8 @@ class JobEvents:
         end.log.warning("run record not updated: it kept changing", changes=changes)
 
 
-def _announcer(ports: Ports) -> Announcer:
-    return Announcer(ports.notifiers, ports.claims, ports.project)
+def _announcer(ports: Ports, clock: Callable[[], datetime]) -> Announcer:
+    return Announcer(ports.notifiers, ports.claims, ports.project, clock)
 
 
 def _need(port: Lazy[T] | None, name: str) -> Lazy[T]:

@@ -31,8 +31,8 @@ Kept by the job-events function:
                                                     take over once expired); the step reached
     done/<pipeline>/<job_id>                        the job end was fully handled (a tick's
                                                     reconcile lists these against the jobs)
-    notified/<pipeline>/<run_id>/<kind>/<channel>   one per notification sent: the claim that
-                                                    makes it exactly-once per (run, kind)
+    notified/<pipeline>/<run_id>/<kind>/<channel>   one per notification: a lease while it is
+                                                    being sent, then `sent` (once per run and kind)
     canary/<pipeline>/<run_id>.json                 a canary deployment a tick will promote
 """
 
@@ -415,6 +415,14 @@ def plan_from_record(record: Mapping[str, Any]) -> RunPlan:
     )
 
 
+# A notification's record: `sending` while a delivery holds it, then `sent`, or `refused`
+# when the channel refused it for good (a 4xx: no retry can help).
+SENDING, SENT, REFUSED = "sending", "sent", "refused"
+# Longer than one send may take (a Pub/Sub publish waits up to 30 s), so that a delivery
+# still sending is never taken over; shorter than a job end's lease.
+NOTIFICATION_SEND = LeaseTerms("sending_until", timedelta(seconds=40))
+
+
 class JobLedger:
     """The job-events function's records (see the module docstring)."""
 
@@ -444,13 +452,26 @@ class JobLedger:
         return {item.key[len(prefix) :] for item in self.store.list(prefix)}
 
     # notifications ---------------------------------------------------------------------
-    def claim_notification(self, pipeline: str, run_id: str, kind: str, channel: str) -> bool:
+    def claim_notification(
+        self,
+        pipeline: str,
+        run_id: str,
+        kind: str,
+        channel: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> Lease | None:
+        """The lease on sending one notification; None once it was sent (or refused for
+        good). Its record says `sending` until the send returned, so a delivery that died
+        in between is not taken for one that sent: once its lease lapses the next delivery
+        sends it (again: a webhook has no idempotency key, so a crash right after a send
+        repeats it, where a claim alone lost it). TransientError while another delivery
+        may still be sending it."""
         key = f"notified/{pipeline}/{run_id}/{kind}/{channel}"
-        doc = {"kind": kind, "channel": channel}
-        return claim(self.store, key, doc, datetime.now(UTC)) is not None
-
-    def release_notification(self, pipeline: str, run_id: str, kind: str, channel: str) -> None:
-        self.store.delete(f"notified/{pipeline}/{run_id}/{kind}/{channel}")
+        doc = {"kind": kind, "channel": channel, "state": SENDING}
+        return take_lease(self.store, key, doc, NOTIFICATION_SEND, clock,
+                          what=f"notification {kind} of run {run_id} to {channel}",
+                          # A record without a state predates the lease: it was sent.
+                          finished=lambda d: d.get("state", SENT) != SENDING)  # fmt: skip
 
     # canaries --------------------------------------------------------------------------
     def open_canary(self, pipeline: str, run_id: str, doc: Mapping[str, Any]) -> None:

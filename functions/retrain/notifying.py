@@ -1,15 +1,19 @@
 """Sending notifications exactly once, whoever sends them.
 
-Key (see ledger.py): `notified/<pipeline>/<run_id>/<kind>/<channel>`, created before the
-send. A duplicate delivery finds it and sends nothing; a transient failure removes it
-again and raises, so the redelivery sends it; a permanent refusal (a webhook answering
-4xx) keeps it, since no retry can help. A rejected retrain request has no run: its key
-uses the run id the request would have had, derived from its message id.
+Key (see ledger.py): `notified/<pipeline>/<run_id>/<kind>/<channel>`, a lease taken
+before the send and marked `sent` after it. A duplicate delivery finds it sent and sends
+nothing; a transient failure gives the lease up and raises, so the redelivery sends it; a
+permanent refusal (a webhook answering 4xx) marks it `refused`, since no retry can help; a
+delivery that died while sending leaves a lease that lapses, and the next one sends it.
+Only a crash between a send and its mark repeats a notification: a webhook has no
+idempotency key. A rejected retrain request has no run: its key uses the run id the
+request would have had, derived from its message id.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from retrain import notify
@@ -18,7 +22,7 @@ from retrain.config import Config, Pipeline
 from retrain.errors import ConfigError, PermanentError, TransientError
 from retrain.events import MalformedRequest, RetrainRequested
 from retrain.jobend import JobEnd
-from retrain.ledger import JobLedger
+from retrain.ledger import REFUSED, SENT, JobLedger
 from retrain.logs import Logger
 from retrain.notify import Notification
 from retrain.planner import Reject, request_run_id
@@ -26,24 +30,31 @@ from retrain.ports import Notifier
 
 
 def send_once(
-    message: Notification, channels: Sequence[Notifier], claims: JobLedger, log: Logger
+    message: Notification,
+    channels: Sequence[Notifier],
+    claims: JobLedger,
+    log: Logger,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> None:
     """Send `message` to each channel that has not had it yet."""
     document, body = notify.document(message), notify.text(message)
     for channel in channels:
         key = (message.pipeline, message.run_id, message.kind, channel.channel)
-        if not claims.claim_notification(*key):
+        lease = claims.claim_notification(*key, clock=clock)
+        if lease is None:
             continue  # already sent by an earlier delivery
         try:
             channel.send(document, body)
         except TransientError:
-            claims.release_notification(*key)
+            lease.release()  # so that the redelivery sends it at once
             raise
         except PermanentError as err:
+            lease.finish({"state": REFUSED, "error": str(err)})
             log.error(
                 "notification refused", kind=message.kind, channel=channel.channel, error=str(err)
             )
             continue
+        lease.finish({"state": SENT})
         log.info("notification sent", kind=message.kind, channel=channel.channel)
 
 
@@ -56,10 +67,12 @@ class Announcer:
         notifiers: Callable[[Pipeline], list[Notifier]],
         claims: Callable[[], JobLedger],
         project: Callable[[], str],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self._notifiers = notifiers
         self._claims = claims
         self._project = project
+        self._clock = clock
 
     def about(self, end: JobEnd, kind: str, **fields: Any) -> Notification:
         """A notification of `kind` about the job end."""
@@ -86,7 +99,7 @@ class Announcer:
             return
         channels = self._notifiers(pipeline)
         if channels:
-            send_once(message, channels, self._claims(), log)
+            send_once(message, channels, self._claims(), log, self._clock)
 
 
 def announce_rejection(

@@ -128,6 +128,7 @@ class JobInfo:
     start_time: datetime | None = None
     end_time: datetime | None = None
     base_output_directory: str | None = None
+    args: tuple[str, ...] = ()  # the first worker pool's (a tuning job's trial spec's)
     # A HyperparameterTuningJob's study objective and trials (None and () for a CustomJob).
     objective: Objective | None = None
     trials: tuple[Trial, ...] = ()

@@ -352,6 +352,14 @@ class Trigger:
                 )
             log.info("run waiting", reason=decision.reason)
             return Outcome("waiting", decision.reason, run_id)
+        if slot is not None and record.get("slot") != slot:
+            # Named before the job exists: a delivery that adopts the job after a crash,
+            # and the job-events function when the job ends, find the run's slot here.
+            named = ledger.update_run(pipeline.name, run_id, current, {"slot": slot})
+            if named is None:
+                self._raise_lost_update(run_id)
+            else:
+                current = named
         plan = self._pin_inputs(pipeline, plan_from_record(record), record, ports)
         try:
             job, spec = submit_run(training, pipeline, plan, ports.config.defaults.output_uri)
@@ -400,6 +408,10 @@ class Trigger:
         slots = Slots(ports.ledger().store)
         run_id = record["run_id"]
         held = record.get("slot")
+        if not isinstance(held, int) and slots.taken(pipeline.name):
+            # A delivery that died between taking a slot and recording it: the run holds
+            # that slot still, and must not take a second one.
+            held = slots.held_by(pipeline.name, run_id)
         if (
             isinstance(held, int)
             and held < cap
@@ -564,6 +576,9 @@ class Trigger:
                     "job_name": job.name,
                     "submitted_at": iso(self._clock()),
                     "slot": slot,
+                    "wait_reason": None,
+                    # What the job was given, so that the run can be rerun and judged.
+                    **_pinned_inputs(job.args),
                 },
             )
             if pipeline.cooldown_seconds:
@@ -573,12 +588,25 @@ class Trigger:
             return Outcome("adopted", "found by label", run_id, job.name)
         taken = ledger.take_over_run(pipeline.name, run_id, stored, RUN_CLAIM, self._clock())
         log.warning("taking over an abandoned claim")
-        covered = set(taken.doc.get("objects") or ())
-        if covered and taken.doc.get("trigger") in ("marker", "quiet"):
-            # The claimant may have died while removing them: no later batch may take them.
-            left = [p.object_key for p in ledger.list_pending(pipeline.name)]
-            ledger.drop_pending(pipeline.name, [key for key in left if key in covered])
+        if taken.doc.get("trigger") in ("marker", "quiet"):
+            # The claimant may have died before or while covering the batch: cover it
+            # (again), so that the run names every object and no later batch takes one.
+            covered = self._cover_pending(ledger, plan_from_record(taken.doc), taken)
+            if covered is None:
+                return Outcome("duplicate", "claim taken over", run_id)
+            taken = covered
         return self._admit_and_submit(pipeline, taken.doc, taken.generation, ports)
+
+
+def _pinned_inputs(args: tuple[str, ...]) -> dict[str, str | None]:
+    """The pinned inputs a job was given (see jobspec.py), from its args."""
+    flags = {"--data-manifest=": "data_manifest", "--champion-model-dir=": "champion_model_dir"}
+    found: dict[str, str | None] = dict.fromkeys(flags.values())
+    for arg in args:
+        for flag, key in flags.items():
+            if arg.startswith(flag):
+                found[key] = arg[len(flag) :]
+    return found
 
 
 def _lineage(record: dict[str, Any]) -> dict[str, Any]:

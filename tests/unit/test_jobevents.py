@@ -540,3 +540,49 @@ def test_a_pipeline_whose_jobs_cannot_be_listed_keeps_no_other_from_its_tick():
     assert [o.action for o in outcomes] == ["waiting", "failed"]
     assert "503 unavailable" in outcomes[0].detail
     assert world.notifier.kinds() == ["failed"] and world.end(ended)[0].action == "duplicate"
+
+
+def test_a_takeover_after_the_upload_keeps_the_figures_the_gate_compared(monkeypatch):
+    world = World()
+    world.end(world.job("JOB_STATE_SUCCEEDED", metric=0.9))  # the champion
+    job = world.job("JOB_STATE_SUCCEEDED", metric=0.95)
+    upload = world.registry.upload
+
+    def upload_then_die(spec):
+        upload(spec)
+        raise SystemExit("killed after the upload")
+
+    monkeypatch.setattr(world.registry, "upload", upload_then_die)
+    with pytest.raises(SystemExit):
+        world.end(job)
+    monkeypatch.setattr(world.registry, "upload", upload)
+    world.now += timedelta(minutes=2)  # the dead delivery's lease lapses
+    assert world.end(job, event_id="ev-2")[0].action == "deployed"
+    record = world.run_record(job)
+    assert (record["metric"], record["champion_metric"]) == (0.95, 0.9)
+    assert record["basis"] == "recorded"
+    assert world.notifier.sent[-1]["champion_metric"] == 0.9
+    assert len(world.registry.versions) == 2
+
+
+def test_a_notification_whose_sender_died_before_sending_is_sent_by_the_next_delivery(
+    monkeypatch,
+):
+    world = World()
+    job = world.job("JOB_STATE_FAILED", error="boom")
+    send = world.notifier.send
+
+    def die_before_sending(document, text):
+        raise SystemExit("killed before the webhook call")
+
+    monkeypatch.setattr(world.notifier, "send", die_before_sending)
+    with pytest.raises(SystemExit):
+        world.end(job)
+    monkeypatch.setattr(world.notifier, "send", send)
+    assert world.notifier.sent == []
+    with pytest.raises(TransientError):  # its claim may still be sending: not yet
+        world.end(job, event_id="ev-2")
+    world.now += timedelta(minutes=2)  # the dead delivery's leases lapse
+    world.end(job, event_id="ev-3")
+    world.end(job, event_id="ev-4")
+    assert world.notifier.kinds() == ["failed"]

@@ -13,7 +13,7 @@ import pytest
 
 from retrain.config import DataWindow, parse_config
 from retrain.errors import ConfigError, InvalidRequest, TransientError
-from retrain.events import ObjectFinalized, RetrainRequested
+from retrain.events import ObjectFinalized, RetrainRequested, Tick
 from retrain.inputs import covered_objects, in_window, parse_manifest
 from retrain.jobspec import build_job
 from retrain.ledger import Ledger
@@ -272,6 +272,28 @@ def test_the_manifest_is_written_before_submission_and_the_champion_passed():
     args = args_of(world, run)
     assert f"--data-manifest={run['data_manifest']}" in args
     assert f"--champion-model-dir={CHAMPION.artifact_uri}" in args
+    assert run["champion_model_dir"] == CHAMPION.artifact_uri
+
+
+def test_a_job_adopted_after_a_crash_is_recorded_with_the_inputs_it_was_given(monkeypatch):
+    world = World(config(), champion=CHAMPION)
+    world.drop("churn/d1/a.csv")
+    submit = world.training.submit
+
+    def submit_then_die(spec):
+        submit(spec)
+        raise SystemExit("killed after CreateCustomJob")
+
+    monkeypatch.setattr(world.training, "submit", submit_then_die)
+    with pytest.raises(SystemExit):
+        world.drop("churn/d1/_SUCCESS", size=0)
+    monkeypatch.setattr(world.training, "submit", submit)
+    world.now += timedelta(seconds=121)  # the dead delivery's claim goes stale
+    world.trigger.handle(Tick("t1"))  # a tick finds the open run and adopts its job
+    (run,) = world.runs()
+    assert run["status"] == "submitted" and len(world.training.jobs) == 1
+    args = args_of(world, run)
+    assert f"--data-manifest={run['data_manifest']}" in args
     assert run["champion_model_dir"] == CHAMPION.artifact_uri
 
 

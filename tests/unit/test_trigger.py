@@ -16,7 +16,13 @@ from retrain.ledger import Ledger
 from retrain.logs import Logger
 from retrain.slots import Slots
 from retrain.trigger import Trigger
-from tests.fakes import SAMPLE_CONFIG, FakeTraining, MemoryStateStore, fake_ports
+from tests.fakes import (
+    SAMPLE_CONFIG,
+    FakeTraining,
+    MemoryStateStore,
+    fail_the_record_update_after_the_job_is_created,
+    fake_ports,
+)
 
 
 class World:
@@ -132,7 +138,7 @@ def test_transient_submit_failure_raises_and_redelivery_submits_once():
 
 def test_crash_after_job_creation_is_adopted_on_redelivery():
     world = World()
-    world.store.fail_next_replace = TransientError("GCS 503 on the run record update")
+    fail_the_record_update_after_the_job_is_created(world)
     request = RetrainRequested("m-1", "churn")
     with pytest.raises(TransientError):
         world.trigger.handle(request)
@@ -244,3 +250,48 @@ def test_a_flush_that_died_while_removing_its_objects_leaves_none_for_a_later_ba
     assert len(world.training.jobs) == 1 and world.store.keys("pending/churn/") == []
     (run_key,) = world.store.keys("runs/churn/")
     assert len(world.store.doc(run_key)["objects"]) == 4
+
+
+def _dies_once(monkeypatch, owner: object, name: str, *, after: bool) -> list[str]:
+    """Make `owner.name` kill the delivery once, before or after it did its work."""
+    original, died = getattr(owner, name), []
+
+    def dying(*args, **kwargs):
+        if died:
+            return original(*args, **kwargs)
+        died.append(name)
+        result = original(*args, **kwargs) if after else None
+        raise SystemExit(f"killed {'after' if after else 'before'} {name}")
+        return result  # pragma: no cover
+
+    monkeypatch.setattr(owner, name, dying)
+    return died
+
+
+def test_a_takeover_covers_the_batch_its_dead_claimant_never_covered(monkeypatch):
+    world = World()
+    for i in range(3):
+        world.trigger.handle(obj(f"churn/d1/part-{i}.csv"))
+    _dies_once(monkeypatch, world.trigger, "_cover_pending", after=False)
+    with pytest.raises(SystemExit):
+        world.trigger.handle(obj("churn/d1/_SUCCESS", size=0))
+    assert world.training.jobs == {} and len(world.store.keys("pending/churn/")) == 3
+    world.now += timedelta(seconds=121)  # the claim goes stale
+    world.trigger.handle(obj("churn/d1/_SUCCESS", size=0))  # the redelivery
+    assert len(world.training.jobs) == 1 and world.store.keys("pending/churn/") == []
+    (run_key,) = world.store.keys("runs/churn/")
+    assert len(world.store.doc(run_key)["objects"]) == 4
+
+
+def test_a_takeover_keeps_the_slot_its_dead_claimant_took(monkeypatch):
+    world = World()
+    request = RetrainRequested("m-1", "churn")
+    _dies_once(monkeypatch, Slots, "create", after=True)
+    with pytest.raises(SystemExit):
+        world.trigger.handle(request)
+    assert world.store.keys("slots/churn/") == ["slots/churn/0"]
+    world.now += timedelta(seconds=121)
+    world.trigger.handle(request)
+    (run_key,) = world.store.keys("runs/churn/")
+    assert world.store.doc(run_key)["slot"] == 0
+    assert world.store.keys("slots/churn/") == ["slots/churn/0"]

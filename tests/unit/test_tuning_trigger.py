@@ -7,7 +7,7 @@ import pytest
 
 from retrain.errors import TransientError
 from retrain.events import ObjectFinalized, RetrainRequested
-from tests.fakes import SAMPLE_CONFIG
+from tests.fakes import SAMPLE_CONFIG, fail_the_record_update_after_the_job_is_created
 from tests.unit.test_trigger import World
 from tests.unit.test_tuning_config import TUNING
 
@@ -28,7 +28,7 @@ def test_a_tuning_pipeline_submits_one_tuning_job_per_object():
 
 def test_a_tuning_job_created_before_a_crash_is_adopted_by_its_labels():
     world = tuning_world()
-    world.store.fail_next_replace = TransientError("GCS 503 on the run record update")
+    fail_the_record_update_after_the_job_is_created(world)
     request = RetrainRequested("m-1", "events")
     with pytest.raises(TransientError):
         world.trigger.handle(request)

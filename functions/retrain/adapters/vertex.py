@@ -215,6 +215,12 @@ def job_info(job: Any) -> JobInfo:
 def _info(job: Any, job_spec: Any, **more: Any) -> JobInfo:
     error = job.error.message if job.error and job.error.message else None
     output = job_spec.base_output_directory.output_uri_prefix or None
+    pools = job_spec.worker_pool_specs
+    args: tuple[str, ...] = ()
+    if pools:
+        pool = pools[0]
+        package = pool.python_package_spec
+        args = tuple(package.args if package.python_module else pool.container_spec.args)
     return JobInfo(
         name=job.name,
         state=job.state.name,
@@ -225,6 +231,7 @@ def _info(job: Any, job_spec: Any, **more: Any) -> JobInfo:
         start_time=_moment(job.start_time),
         end_time=_moment(job.end_time),
         base_output_directory=output,
+        args=args,
         **more,
     )
 

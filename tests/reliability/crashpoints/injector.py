@@ -227,7 +227,16 @@ def _shorten_leases(seconds: float) -> Sequence[tuple[str, Callable[[ModuleType]
             for name, value in zip(_defaulted(init), init.__defaults__ or (), strict=True)
         )
 
-    return [("retrain.trigger", trigger), ("retrain.jobevents", job_events)]
+    def ledger(module: ModuleType) -> None:
+        # Shorter than the job end's lease, as in the product.
+        terms = module.LeaseTerms("sending_until", lease * 0.6)
+        vars(module).update(NOTIFICATION_SEND=terms)
+
+    return [
+        ("retrain.trigger", trigger),
+        ("retrain.jobevents", job_events),
+        ("retrain.ledger", ledger),
+    ]
 
 
 def _defaulted(function: Callable[..., Any]) -> list[str]:

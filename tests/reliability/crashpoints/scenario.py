@@ -85,17 +85,10 @@ on = ["deployed", "failed", "rejected", "rolled_back"]
 # Points where a crash still changes the end state, and why (the product's defects as
 # found; the test expects them to fail, strictly, so a fix shows until its entry goes).
 KNOWN = {
-    "trigger.run_claimed": "a takeover of a marker run whose claimant died before covering "
-    "the batch never covers it: the job's manifest holds the marker only, the run record "
-    "names no part, and the parts stay pending",
-    "trigger.slot_taken": "a takeover does not find the slot the dead claimant took for the "
-    "run: it takes another, and the first stays held until the pipeline is full",
-    "trigger.job_created": "a job adopted by its label is recorded without `data_manifest` "
-    "(nor `champion_model_dir`): the run cannot be rerun on its inputs",
-    "job_events.version_uploaded": "a takeover that finds the run's model version skips the "
-    "gate and loses its figures: run record and notification lack the champion comparison",
-    "job_events.notification_claimed": "a notification claimed and not sent is never sent: "
-    "the redelivery finds the claim and takes it as sent",
+    "job_events.notification_sent": "a crash after the webhook took a notification and "
+    "before its record says `sent` repeats it: the redelivery cannot tell a send that "
+    "happened from one that did not, and a webhook has no idempotency key (a claim alone, "
+    "before, lost the notification of a crash one step earlier instead)",
 }
 
 
@@ -106,6 +99,18 @@ FIXED = {
     'marked done (each redelivery saw "done" and stopped), so every tick reconciled the '
     "job again; the marker is now written first, and a crash between the two "
     "(`job_events.end_marked_done`) leaves a lease that the redelivery takes over",
+    "trigger.run_claimed": "a takeover of a marker run whose claimant died before covering "
+    "the batch never covered it (the manifest held the marker only, the parts stayed "
+    "pending); a takeover of a marker or quiet run now covers the batch",
+    "trigger.slot_taken": "a takeover did not find the slot the dead claimant took for the "
+    "run and took a second one; it now looks the run's slot up first",
+    "trigger.job_created": "a job adopted by its label was recorded without `data_manifest` "
+    "and `champion_model_dir`; they are now read back from the job's args",
+    "job_events.version_uploaded": "a takeover that found the run's model version lost the "
+    "gate's figures; they are now recorded before the upload",
+    "job_events.notification_claimed": "a notification claimed and not sent was never sent; "
+    "its record now says `sending` until the send returned, and a lapsed one is sent by "
+    "the next delivery",
 }
 
 # Trigger points run the non-deploying marker pipeline; job-events points the deploying one.
