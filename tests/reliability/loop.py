@@ -45,6 +45,48 @@ _ON_PURPOSE = ("retrain.errors.TransientError", "retrain.errors.ConfigError")
 _NOTICE = re.compile(r"^\[retrain\] (?P<pipeline>\S+): run (?P<run>[0-9a-f]+) (?P<kind>.+)$")
 
 
+def config_header(*, max_concurrent_jobs: int) -> str:
+    """The pipelines config's defaults and guards for a Loop (its placeholders filled by
+    the Loop)."""
+    return f"""
+[defaults]
+project = "{{project}}"
+region = "{{region}}"
+state_uri = "gs://{{state}}/state"
+output_uri = "gs://{{artifacts}}/runs"
+
+[guards]
+allowed_buckets = ["{{landing}}"]
+max_concurrent_jobs = {max_concurrent_jobs}
+"""
+
+
+# A marker pipeline whose jobs write a real model, deployed behind a real model server.
+DEPLOYING_PIPELINE = """
+[pipelines.churn]
+bucket = "{landing}"
+prefix = "churn/"
+include = ["*.csv"]
+trigger = "marker"
+
+[pipelines.churn.training]
+image_uri = "local/model:latest"
+machine_type = "n1-standard-4"
+
+[pipelines.churn.deploy]
+model = "churn"
+endpoint = "churn"
+serving_image_uri = "local/serving:latest"
+metric = "val_accuracy"
+min_value = 0.5
+must_beat_champion = false
+
+[pipelines.churn.notify]
+webhook_env = "RETRAIN_WEBHOOK_URL"
+on = ["deployed", "failed", "rejected", "rolled_back"]
+"""
+
+
 class _CountingModels(LocalModelRuntime):
     """The local model runtime, keeping the id of every model it was asked to deploy."""
 

@@ -9,19 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localcloud.storage import StorageServer
-from tests.reliability.loop import Loop
+from tests.reliability.loop import Loop, config_header
 
-CONFIG = """
-[defaults]
-project = "{project}"
-region = "{region}"
-state_uri = "gs://{state}/state"
-output_uri = "gs://{artifacts}/runs"
-
-[guards]
-allowed_buckets = ["{landing}"]
-max_concurrent_jobs = 1
-""" + "".join(
+CONFIG = config_header(max_concurrent_jobs=1) + "".join(
     f"""
 [pipelines.{name}]
 bucket = "{{landing}}"

@@ -20,19 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from localcloud.storage import StorageServer
-from tests.reliability.loop import Loop
+from tests.reliability.loop import DEPLOYING_PIPELINE, Loop, config_header
 
-CONFIG = """
-[defaults]
-project = "{project}"
-region = "{region}"
-state_uri = "gs://{state}/state"
-output_uri = "gs://{artifacts}/runs"
-
-[guards]
-allowed_buckets = ["{landing}"]
-max_concurrent_jobs = 8
-
+CONFIG = (
+    config_header(max_concurrent_jobs=8)
+    + """
 [pipelines.events]
 bucket = "{landing}"
 prefix = "events/"
@@ -71,28 +63,9 @@ quiet_seconds = 2
 image_uri = "local/ok:latest"
 machine_type = "n1-standard-4"
 
-[pipelines.churn]
-bucket = "{landing}"
-prefix = "churn/"
-include = ["*.csv"]
-trigger = "marker"
-
-[pipelines.churn.training]
-image_uri = "local/model:latest"
-machine_type = "n1-standard-4"
-
-[pipelines.churn.deploy]
-model = "churn"
-endpoint = "churn"
-serving_image_uri = "local/serving:latest"
-metric = "val_accuracy"
-min_value = 0.5
-must_beat_champion = false
-
-[pipelines.churn.notify]
-webhook_env = "RETRAIN_WEBHOOK_URL"
-on = ["deployed", "failed", "rejected", "rolled_back"]
 """
+    + DEPLOYING_PIPELINE
+)
 
 _TEXT = re.compile(
     r"^\[retrain\] (?P<pipeline>\S+): (?:run (?P<run>\S+) (?P<title>.+)"

@@ -29,22 +29,21 @@ from localcloud.functions import FunctionServer
 from localcloud.procs import port_is_open, wait_until
 from localcloud.storage import StorageServer
 from tests.reliability.crashpoints.injector import CRASH_AT, CRASH_MARK, POINTS, function_env
-from tests.reliability.loop import PROJECT, REGION, TERMINAL, Loop
+from tests.reliability.loop import (
+    DEPLOYING_PIPELINE,
+    PROJECT,
+    REGION,
+    TERMINAL,
+    Loop,
+    config_header,
+)
 
 LEASE_S = 5.0  # leases in the served functions (production: 120 s run claim, 45 s job end)
 SETTLE_S = 60.0  # a case that has not settled by then is compared as it stands
 
-CONFIG = """
-[defaults]
-project = "{project}"
-region = "{region}"
-state_uri = "gs://{state}/state"
-output_uri = "gs://{artifacts}/runs"
-
-[guards]
-allowed_buckets = ["{landing}"]
-max_concurrent_jobs = 2
-
+CONFIG = (
+    config_header(max_concurrent_jobs=2)
+    + """
 [pipelines.batches]
 bucket = "{landing}"
 prefix = "batches/"
@@ -59,28 +58,9 @@ machine_type = "n1-standard-4"
 webhook_env = "RETRAIN_WEBHOOK_URL"
 on = ["failed", "rejected"]
 
-[pipelines.churn]
-bucket = "{landing}"
-prefix = "churn/"
-include = ["*.csv"]
-trigger = "marker"
-
-[pipelines.churn.training]
-image_uri = "local/model:latest"
-machine_type = "n1-standard-4"
-
-[pipelines.churn.deploy]
-model = "churn"
-endpoint = "churn"
-serving_image_uri = "local/serving:latest"
-metric = "val_accuracy"
-min_value = 0.5
-must_beat_champion = false
-
-[pipelines.churn.notify]
-webhook_env = "RETRAIN_WEBHOOK_URL"
-on = ["deployed", "failed", "rejected", "rolled_back"]
 """
+    + DEPLOYING_PIPELINE
+)
 
 # Points where a crash still changes the end state, and why (the product's defects as
 # found; the test expects them to fail, strictly, so a fix shows until its entry goes).
