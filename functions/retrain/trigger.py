@@ -103,6 +103,8 @@ class Trigger:
         self._log = log
         self._clock = clock
         self._sleep = sleep
+        # When each pipeline's slots were last searched for stale holders (see _take_slot).
+        self._stale_checked: dict[str, datetime] = {}
 
     def handle(self, event: Event) -> list[Outcome]:
         ports = self._ports()
@@ -408,10 +410,6 @@ class Trigger:
         slots = Slots(ports.ledger().store)
         run_id = record["run_id"]
         held = record.get("slot")
-        if not isinstance(held, int) and slots.taken(pipeline.name):
-            # A delivery that died between taking a slot and recording it: the run holds
-            # that slot still, and must not take a second one.
-            held = slots.held_by(pipeline.name, run_id)
         if (
             isinstance(held, int)
             and held < cap
@@ -419,7 +417,12 @@ class Trigger:
         ):
             return held, Admit()
         taken = slots.taken(pipeline.name)
-        if len([i for i in taken if i < cap]) >= cap and self._free_stale(pipeline, slots, ports):
+        full = len([i for i in taken if i < cap]) >= cap
+        if (
+            full
+            and self._stale_check_due(pipeline.name)
+            and self._free_stale(pipeline, slots, ports)
+        ):
             taken = slots.taken(pipeline.name)
         for index in [i for i in range(cap) if i not in taken]:
             if slots.create(pipeline.name, index, run_id, self._clock()):
@@ -428,6 +431,18 @@ class Trigger:
         decision = admit(pipeline, ports.config, active_jobs=max(held_now, cap), last_submit_at=None,
                          now=self._clock())  # fmt: skip
         return None, decision
+
+    def _stale_check_due(self, pipeline: str) -> bool:
+        """Searching a full pipeline's slots for stale holders reads every slot, its run
+        and its job: with long jobs, every event of a burst that finds the pipeline full
+        would pay that. A stale slot is rare (a claimant that crashed), so once per
+        CLAIM_RENEWAL per instance finds it in time."""
+        now = self._clock()
+        last = self._stale_checked.get(pipeline)
+        if last is not None and now - last < CLAIM_RENEWAL:
+            return False
+        self._stale_checked[pipeline] = now
+        return True
 
     def _free_stale(self, pipeline: Pipeline, slots: Slots, ports: Ports) -> bool:
         """Free the slots claimed longer ago than the run claim's lease whose run never got
@@ -588,6 +603,15 @@ class Trigger:
             return Outcome("adopted", "found by label", run_id, job.name)
         taken = ledger.take_over_run(pipeline.name, run_id, stored, RUN_CLAIM, self._clock())
         log.warning("taking over an abandoned claim")
+        if taken.doc.get("slot") is None and ports.config.guards.max_concurrent_jobs:
+            # The claimant may have died between taking a slot and naming it in the run
+            # record: the run holds that slot still, and must not take a second one.
+            held = Slots(ledger.store).held_by(pipeline.name, run_id)
+            if held is not None:
+                named = ledger.update_run(pipeline.name, run_id, taken, {"slot": held})
+                if named is None:
+                    return Outcome("duplicate", "claim taken over", run_id)
+                taken = named
         if taken.doc.get("trigger") in ("marker", "quiet"):
             # The claimant may have died before or while covering the batch: cover it
             # (again), so that the run names every object and no later batch takes one.

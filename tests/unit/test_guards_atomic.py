@@ -79,6 +79,30 @@ def test_a_slot_whose_claimant_crashed_before_submitting_is_freed_after_the_clai
     assert world.store.doc("slots/churn/0")["run_id"] == job.labels["retrain-run"]
 
 
+def test_a_burst_into_a_full_pipeline_searches_its_slots_for_stale_ones_once_in_a_while():
+    world = World(CAPPED_AT_1)
+    world.trigger.handle(RetrainRequested("m0", "churn"))
+    assert len(_active(world, "churn")) == 1  # a long job holds the only slot
+    world.now += CLAIM_LEASE + timedelta(seconds=1)
+    world.training.find = _counting(world.training.find, found := [])  # type: ignore[method-assign]
+    for i in range(1, 21):  # 20 requests wait for the slot, within seconds
+        world.trigger.handle(RetrainRequested(f"m{i}", "churn"))
+        world.now += timedelta(seconds=1)
+    # The holder's job is looked up once (the first), not once per waiting request.
+    assert len(found) == 1
+    world.now += timedelta(seconds=30)
+    world.trigger.handle(RetrainRequested("m21", "churn"))
+    assert len(found) == 2 and len(world.training.jobs) == 1
+
+
+def _counting(find, calls: list):
+    def counted(labels, **kwargs):
+        calls.append(labels)
+        return find(labels, **kwargs)
+
+    return counted
+
+
 def test_concurrent_runs_after_the_cooldown_submit_one_job():
     world = World()
     world.trigger.handle(RetrainRequested("first", "clicks"))
