@@ -23,6 +23,8 @@ from retrain.ports import DataObjects, ObjectVersion
 
 MANIFEST_NAME = "inputs.jsonl"
 
+DIRECT_LOOKUPS = 8  # up to this many objects, one lookup each; above, one listing
+
 
 @dataclass(frozen=True)
 class Pinned:
@@ -111,6 +113,11 @@ def _resolve(bucket: str, keys: Sequence[str], objects: DataObjects) -> list[Obj
     """The "name@generation" keys a run record covers: one listing of their common folder,
     then a lookup of each generation that is no longer live."""
     wanted = [(name, int(generation)) for name, _, generation in (k.rpartition("@") for k in keys)]
+    if len(wanted) <= DIRECT_LOOKUPS:
+        # A run of a few objects (an `each` run: one) looks them up one by one: listing
+        # their folder would cost a page per thousand objects that arrived beside them.
+        stats = (objects.stat(bucket, name, generation) for name, generation in wanted)
+        return [obj for obj in stats if obj is not None]
     folder = posixpath.commonprefix([name for name, _ in wanted])
     folder = folder[: folder.rfind("/") + 1]
     live = {(o.name, o.generation): o for o in objects.list(bucket, folder)}

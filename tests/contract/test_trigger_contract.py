@@ -209,6 +209,30 @@ def test_a_data_objects_generations_are_pinned_in_the_manifest(cloud: Cloud):
     ]
 
 
+def test_an_each_run_pins_its_one_object_among_many_in_its_folder(cloud: Cloud):
+    bucket = cloud.gcs_client.bucket(cloud.landing)
+    for i in range(5):
+        bucket.blob(f"events/day1/other-{i}.csv").upload_from_string("a\n1\n")
+    blob = bucket.blob("events/day1/mine.csv")
+    blob.upload_from_string("a,b\n1,2\n")
+    blob.upload_from_string("a,b\n1,2\n3,4\n")  # overwritten: the event names this one
+    event = cloud.finalize("events/day1/mine.csv", size=blob.size, generation=blob.generation)
+    assert cloud.post(*event) == 200
+    (job,) = cloud.jobs()
+    text = (
+        cloud.gcs_client.bucket(cloud.artifacts)
+        .blob(f"runs/events/{job.labels['retrain-run']}/inputs.jsonl")
+        .download_as_text()
+    )
+    assert [json.loads(line) for line in text.splitlines()] == [
+        {
+            "uri": f"gs://{cloud.landing}/events/day1/mine.csv",
+            "generation": str(blob.generation),
+            "size": blob.size,
+        }
+    ]
+
+
 def test_hostile_requests_are_refused_naming_the_field_with_no_job(cloud: Cloud):
     for n, (name, text, _field, _phrase) in enumerate(hostile_requests.CASES):
         delivery = cloud.message(hostile_requests.payload(text, cloud.landing), f"hostile-{n}")
