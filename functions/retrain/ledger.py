@@ -1,6 +1,6 @@
 """The ledger: the product's state on GCS, kept with preconditions instead of a database.
 
-Longer than most modules (~440 lines) on purpose: it is the one place that knows the
+Longer than most modules (~490 lines) on purpose: it is the one place that knows the
 state layout below and the one place that writes the claim/lease/takeover protocol
 (`claim`, `swap`, `LeaseTerms`, `take_over`, `Lease`, `take_lease`) that both functions
 use, the trigger around a run's claim and job-events around a job end.

@@ -1,6 +1,6 @@
 """The trigger: turns data events, retrain requests and ticks into exactly one job per batch.
 
-Over ~300 lines (~570) because it is one protocol, a run's life from record to job
+Over ~300 lines (~640) because it is one protocol, a run's life from record to job
 (claim, cover the pending objects, admit under slots and cooldown, pin the inputs,
 submit, adopt or take over), whose steps pass the run record's generation from one
 compare-and-swap to the next. What can stand alone already does: the decisions in
