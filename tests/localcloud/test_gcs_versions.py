@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage  # type: ignore[attr-defined]
 
 from localcloud.gcs_versions import byte_range
+from localcloud.procs import wait_until
 from localcloud.stack import DEMO_CONFIG, Options, Stack
 from localcloud.storage import StorageServer
 
@@ -43,13 +43,6 @@ def client_of(server: StorageServer) -> storage.Client:
 @pytest.fixture
 def client(gcs: StorageServer) -> storage.Client:
     return client_of(gcs)
-
-
-def poll(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def new_bucket(client: storage.Client, *, versioning: bool) -> Any:
@@ -280,7 +273,7 @@ def test_a_killed_fake_gcs_server_is_restarted_behind_the_same_address(tmp_path:
         upload(bucket, "k.csv", b"second")
         url, pid = server.url, server.pid
         os.kill(pid, signal.SIGKILL)  # what the supervisor sees: the process died
-        poll(lambda: not server.alive(), "fake-gcs-server dead")
+        wait_until(lambda: not server.alive(), what="fake-gcs-server dead")
 
         server.restart()
 
