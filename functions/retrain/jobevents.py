@@ -169,12 +169,13 @@ class JobEvents:
         renew_failed = lambda err: log.warning("lease not renewed", error=str(err))  # noqa: E731
         with self._heartbeat.keep(lambda: lease.renew(renew_failed)):
             try:
-                handled = self._dispatch(ports, end, lease)
+                announcer = _announcer(ports, self._clock)
+                handled = self._dispatch(ports, end, lease, announcer)
                 # The run record holds the outcome before anyone hears of it, so that
                 # `retrain runs` already shows what a notification announces.
                 self._record_outcome(ports.ledger(), end, handled)
                 if handled.notification is not None:
-                    _announcer(ports, self._clock).announce(pipeline, handled.notification, log)
+                    announcer.announce(pipeline, handled.notification, log)
             except (TransientError, ConfigError):
                 lease.release()  # so that the redelivery may take over at once
                 raise
@@ -198,16 +199,16 @@ class JobEvents:
         recorded = (stored.doc.get("job_name") or "") if stored else ""
         return "/hyperparameterTuningJobs/" in recorded
 
-    def _dispatch(self, ports: Ports, end: JobEnd, lease: Lease) -> Handled:
+    def _dispatch(self, ports: Ports, end: JobEnd, lease: Lease, announcer: Announcer) -> Handled:
         """Route the job end to the part that handles it."""
-        failures = FailureReports(_need(ports.job_logs, "job_logs"), _announcer(ports, self._clock))
+        failures = FailureReports(_need(ports.job_logs, "job_logs"), announcer)
         job = end.job
         if job.state == SUCCEEDED and job.is_tuning and end.trial is None:
             metric = job.objective.metric if job.objective else "the study's metric"
             error = f"no trial succeeded with a value of {metric}"
             return failures.ended_badly(end, notify.FAILED, error=error)
         if job.state == SUCCEEDED:
-            return self._deployer(ports).succeeded(end, lease)
+            return self._deployer(ports, announcer).succeeded(end, lease)
         if job.state == CANCELLED:
             return failures.ended_badly(end, notify.CANCELLED)
         attempt = fallback_attempt(end)
@@ -215,9 +216,9 @@ class JobEvents:
             return failures.fall_back(end, attempt, ports.training())
         return failures.ended_badly(end, notify.FAILED)
 
-    def _deployer(self, ports: Ports) -> Deployer:
+    def _deployer(self, ports: Ports, announcer: Announcer) -> Deployer:
         return Deployer(_need(ports.registry, "registry"), lambda: self._rollout(ports),
-                        _need(ports.blobs, "blobs")(), ports.claims(), _announcer(ports, self._clock),
+                        _need(ports.blobs, "blobs")(), ports.claims(), announcer,
                         self._clock)  # fmt: skip
 
     def _rollout(self, ports: Ports) -> Rollout:
