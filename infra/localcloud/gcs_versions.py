@@ -4,7 +4,7 @@ bucket with versioning, across overwrites, deletes and restarts.
 
 fake-gcs-server does all the real work; the clients (the official google-cloud-storage
 client, the functions, the trainer) speak the GCS JSON, upload and download wire to this
-proxy. What it adds, for buckets whose versioning it was asked to turn on:
+proxy. What it adds (the first three for buckets whose versioning it was asked to turn on):
 
 * bucket insert/patch/update: `versioning` is taken out of the request (the filesystem
   backend refuses it), remembered on disk, and put back into every bucket resource;
@@ -13,7 +13,11 @@ proxy. What it adds, for buckets whose versioning it was asked to turn on:
   the write and the archiving read;
 * a read of `generation=G` that fake-gcs-server no longer has is served from the archive
   (metadata, or bytes with Range support), a listing with `versions=true` adds the
-  noncurrent generations, and a delete of `generation=G` deletes that generation only.
+  noncurrent generations, and a delete of `generation=G` deletes that generation only;
+* an object delete, in any bucket, keeps its preconditions (ifGenerationMatch and the
+  like), which fake-gcs-server ignores, and answers 204 No Content as GCS does;
+* batch requests (`POST /batch/storage/v1`, which fake-gcs-server lacks): each JSON API
+  call in the batch is sent back through this proxy (localcloud.gcs_batch).
 
 Everything else passes through unchanged (localcloud.gcs_relay): status, headers and
 streamed bodies. Buckets without versioning behave as fake-gcs-server makes them behave,
@@ -33,6 +37,7 @@ from datetime import datetime
 from typing import IO, Any
 from urllib.parse import quote, unquote
 
+from localcloud import gcs_batch
 from localcloud.gcs_archive import VersionArchive
 from localcloud.gcs_relay import Answer, Exchange, RelayServer, Upstream
 
@@ -49,6 +54,14 @@ _COPY = re.compile(
     r"^/storage/v1/b/[^/]+/o/[^/]+/(?:copyTo|rewriteTo)/b/(?P<bucket>[^/]+)/o/[^/]+$"
 )
 _COMPOSE = re.compile(r"^/storage/v1/b/(?P<bucket>[^/]+)/o/[^/]+/compose$")
+# A precondition parameter: the resource field it names, and whether it must match.
+_PRECONDITIONS = {
+    "ifGenerationMatch": ("generation", True),
+    "ifGenerationNotMatch": ("generation", False),
+    "ifMetagenerationMatch": ("metageneration", True),
+    "ifMetagenerationNotMatch": ("metageneration", False),
+}
+_CONDITION_NOT_MET = "At least one of the pre-conditions you specified did not hold."
 
 
 class VersioningProxy:
@@ -97,6 +110,8 @@ class VersioningProxy:
     # dispatch -----------------------------------------------------------------------
     def handle(self, ex: Exchange) -> None:
         method, path = ex.method, ex.path
+        if method == "POST" and path == gcs_batch.BATCH_PATH:
+            return gcs_batch.serve(ex, self._server.host, self.port)
         if _BUCKETS.match(path):
             if method == "POST":
                 return self._bucket_config(ex, None)
@@ -287,22 +302,36 @@ class VersioningProxy:
 
     def _delete(self, ex: Exchange, bucket: str, name: str) -> None:
         generation = ex.param("generation")
-        if generation is None:  # the live one goes; kept already if the bucket keeps any
-            return self.upstream.relay(ex)
+        conditions = _conditions(ex)
+        if generation is None and not conditions:
+            # The live one goes; kept already if the bucket keeps any.
+            return ex.relay(_deleted(self.upstream.forward(ex)))
         with self.bucket_lock(bucket):
-            live = self._live_generation(ex, bucket, name)
+            meta = self._live_metadata(ex, bucket, name)
+            # fake-gcs-server ignores a delete's preconditions: they are checked here,
+            # against the live object as GCS checks them. (A write to a bucket without
+            # versioning takes no lock, so it may still slip in between.)
+            if meta is not None and not all(_holds(c, v, meta) for c, v in conditions):
+                return ex.reply_error(412, _CONDITION_NOT_MET, "conditionNotMet")
+            if generation is None:
+                return ex.relay(_deleted(self.upstream.forward(ex)))
+            live = str(meta["generation"]) if meta is not None else None
             # fake-gcs-server deletes the live object whatever generation is named: only
             # the live generation goes upstream, a noncurrent one is the archive's alone.
             kept = self.archive.delete(bucket, name, generation)
             if generation == live:
-                return ex.relay(self.upstream.forward(ex))
+                return ex.relay(_deleted(self.upstream.forward(ex)))
         if kept:
             return ex.reply(204, [], b"")
         ex.reply_error(404, f"No such object: {bucket}/{name}", "notFound")
 
     def _live_generation(self, ex: Exchange, bucket: str, name: str) -> str | None:
+        meta = self._live_metadata(ex, bucket, name)
+        return str(meta["generation"]) if meta is not None else None
+
+    def _live_metadata(self, ex: Exchange, bucket: str, name: str) -> dict[str, Any] | None:
         meta = self.upstream.fetch(ex, "GET", _object_path(bucket, name)).json()
-        return str(meta["generation"]) if isinstance(meta, dict) and "generation" in meta else None
+        return meta if isinstance(meta, dict) and "generation" in meta else None
 
     def _presented(self, ex: Exchange, meta: dict[str, Any]) -> dict[str, Any]:
         """A kept generation's resource with links to this proxy that name the generation
@@ -318,6 +347,24 @@ class VersioningProxy:
 
 def _object_path(bucket: str, name: str) -> str:
     return f"/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}"
+
+
+def _conditions(ex: Exchange) -> list[tuple[str, str]]:
+    return [(c, v) for c in _PRECONDITIONS if (v := ex.param(c)) is not None]
+
+
+def _holds(condition: str, value: str, meta: dict[str, Any]) -> bool:
+    field, match = _PRECONDITIONS[condition]
+    return (str(meta.get(field, "")) == value.strip()) == match
+
+
+def _deleted(answer: Answer) -> Answer:
+    """fake-gcs-server answers an object delete 200 with a `null` body, GCS 204 No Content
+    (which a batch's caller may read)."""
+    if answer.status != 200:
+        return answer
+    headers = [(k, v) for k, v in answer.headers if k.lower() != "content-type"]
+    return Answer(204, "No Content", headers, b"")
 
 
 def _send_media(ex: Exchange, meta: dict[str, Any], data: IO[bytes], size: int) -> None:
