@@ -41,7 +41,6 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -281,14 +280,8 @@ class Ledger:
         ]
 
     def drop_pending(self, pipeline: str, object_keys: Iterable[str]) -> None:
-        keys = [f"pending/{pipeline}/{key}" for key in object_keys]
-        if len(keys) <= 1:
-            for key in keys:
-                self.store.delete(key)
-            return
-        # A quiet batch can hold thousands of objects: delete them concurrently.
-        with ThreadPoolExecutor(max_workers=min(16, len(keys))) as pool:
-            list(pool.map(self.store.delete, keys))
+        # A quiet batch can hold 100,000 objects: the store deletes them in bulk.
+        self.store.delete_many([f"pending/{pipeline}/{key}" for key in object_keys])
 
     # quiet batches ---------------------------------------------------------------------
     def quiet_batch(self, pipeline: str) -> tuple[str, Stored | None]:

@@ -3,7 +3,7 @@ official clients (`adapters/`); unit tests implement them with in-memory fakes."
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -55,6 +55,10 @@ class StateStore(Protocol):
     def delete(self, key: str, *, generation: int | None = None) -> bool:
         """Delete `key` (only while it is at `generation`, when given); a missing key is
         not an error. False when the precondition failed."""
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete every key, whatever its generation (a missing key is not an error): as
+        few round trips as the store allows, for the thousands of records a batch frees."""
 
 
 class Blobs(Protocol):

@@ -76,6 +76,9 @@ CLAIM_LEASE = timedelta(seconds=120)  # a claim older than this without a job is
 RUN_CLAIM = LeaseTerms("claimed_at", CLAIM_LEASE, dated_by_start=True)
 CLAIM_RENEWAL = CLAIM_LEASE / 4  # how often a long flush renews its claim
 COVER_CHUNK = 5000  # pending records removed between two looks at the claim's age
+# How long an instance that found a pipeline's slots all held trusts that: runs of a burst
+# arriving meanwhile wait without listing the slots again (a tick always looks).
+FULL_MEMO = timedelta(seconds=2)
 DUPLICATE_WAIT_S = (0.2, 0.4, 0.8)  # how a duplicate waits for the claimant to finish
 
 
@@ -103,8 +106,10 @@ class Trigger:
         self._log = log
         self._clock = clock
         self._sleep = sleep
-        # When each pipeline's slots were last searched for stale holders (see _take_slot).
+        # When each pipeline's slots were last searched for stale holders, and last found
+        # all held (see _take_slot).
         self._stale_checked: dict[str, datetime] = {}
+        self._found_full: dict[str, datetime] = {}
 
     def handle(self, event: Event) -> list[Outcome]:
         ports = self._ports()
@@ -204,6 +209,7 @@ class Trigger:
     # ticks -----------------------------------------------------------------------------
     def _on_tick(self, ports: Ports) -> list[Outcome]:
         ledger = ports.ledger()
+        self._found_full.clear()  # a tick looks at the slots itself
         outcomes: list[Outcome] = []
         for pipeline in ports.config.pipelines.values():
             if pipeline.trigger == "quiet":
@@ -416,6 +422,8 @@ class Trigger:
             and slots.renew(pipeline.name, held, run_id, self._clock())
         ):
             return held, Admit()
+        if self._still_full(pipeline.name):
+            return None, self._full(pipeline, cap, ports)
         taken = slots.taken(pipeline.name)
         full = len([i for i in taken if i < cap]) >= cap
         if (
@@ -427,10 +435,21 @@ class Trigger:
         for index in [i for i in range(cap) if i not in taken]:
             if slots.create(pipeline.name, index, run_id, self._clock()):
                 return index, Admit()
-        held_now = len([i for i in slots.taken(pipeline.name) if i < cap])
-        decision = admit(pipeline, ports.config, active_jobs=max(held_now, cap), last_submit_at=None,
-                         now=self._clock())  # fmt: skip
-        return None, decision
+        self._found_full[pipeline.name] = self._clock()
+        return None, self._full(pipeline, cap, ports)
+
+    def _full(self, pipeline: Pipeline, cap: int, ports: Ports) -> Admit | Wait:
+        return admit(pipeline, ports.config, active_jobs=cap, last_submit_at=None,
+                     now=self._clock())  # fmt: skip
+
+    def _still_full(self, pipeline: str) -> bool:
+        """Whether this instance found the pipeline's slots all held within FULL_MEMO. In a
+        burst into a full pipeline every event would otherwise list the slots, once or
+        twice: two list requests per event, and a listing costs more the more objects the
+        state bucket holds on the local emulator. A slot freed meanwhile is taken by the
+        next event after FULL_MEMO or by the next tick, whichever comes first."""
+        found = self._found_full.get(pipeline)
+        return found is not None and self._clock() - found < FULL_MEMO
 
     def _stale_check_due(self, pipeline: str) -> bool:
         """Searching a full pipeline's slots for stale holders reads every slot, its run

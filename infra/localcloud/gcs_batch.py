@@ -64,8 +64,12 @@ class Part:
     refusal: str = ""
 
 
-def serve(ex: Exchange, host: str, port: int) -> None:
-    """Answer a batch request whose calls go to the proxy listening on `host`:`port`."""
+def serve(ex: Exchange, host: str, port: int, upstream: tuple[str, int] | None = None) -> None:
+    """Answer a batch request whose calls go to the proxy listening on `host`:`port`; a
+    plain delete (of the live object, without preconditions: what the proxy relays as it
+    is) straight to the server behind it at `upstream`, when given. A flush deletes
+    thousands of records in batches: a second pass through the proxy each cost it as much
+    again."""
     try:
         raws = split(ex.read_body(), _boundary(ex.headers))
     except BatchRefused as err:
@@ -73,16 +77,21 @@ def serve(ex: Exchange, host: str, port: int) -> None:
     parts = [read_part(raw, index) for index, raw in enumerate(raws, 1)]
     shared = _shared_headers(ex.forwarded_headers())
     default_host = ex.headers.get("Host") or f"{host}:{port}"
-    connection = http.client.HTTPConnection(_loopback(host), port, timeout=UPSTREAM_TIMEOUT_S)
+    proxy = http.client.HTTPConnection(_loopback(host), port, timeout=UPSTREAM_TIMEOUT_S)
+    behind = http.client.HTTPConnection(*upstream, timeout=UPSTREAM_TIMEOUT_S) if upstream else None
     try:
-        answers = [
-            _carry_out(connection, part.call, shared, default_host)
-            if part.call is not None
-            else error_answer(400, part.refusal, "invalid")
-            for part in parts
-        ]
+        answers = []
+        for part in parts:
+            if part.call is None:
+                answers.append(error_answer(400, part.refusal, "invalid"))
+            elif behind is not None and plain_delete(part.call):
+                answers.append(deleted(_carry_out(behind, part.call, shared, default_host)))
+            else:
+                answers.append(_carry_out(proxy, part.call, shared, default_host))
     finally:
-        connection.close()
+        proxy.close()
+        if behind is not None:
+            behind.close()
     boundary = f"batch_{secrets.token_urlsafe(18)}"
     body = encode_reply(boundary, zip((part.content_id for part in parts), answers, strict=True))
     ex.reply(200, [("Content-Type", f"multipart/mixed; boundary={boundary}")], body)
@@ -214,6 +223,26 @@ def _carry_out(
     except (OSError, http.client.HTTPException) as err:
         connection.close()  # the next call opens a fresh connection
         return error_answer(503, f"Cloud Storage did not answer this call: {err}", "backendError")
+
+
+def plain_delete(call: Call) -> bool:
+    """A delete of an object's live generation with no precondition."""
+    query = parse_qs(urlsplit(call.target).query)
+    return (
+        call.method == "DELETE"
+        and "/o/" in call.target
+        and "generation" not in query
+        and not any(name.startswith("if") for name in query)
+    )
+
+
+def deleted(answer: Answer) -> Answer:
+    """fake-gcs-server answers an object delete 200 with a `null` body, GCS 204 No Content
+    (which a batch's caller may read)."""
+    if answer.status != 200:
+        return answer
+    headers = [(k, v) for k, v in answer.headers if k.lower() != "content-type"]
+    return Answer(204, "No Content", headers, b"")
 
 
 def _loopback(host: str) -> str:

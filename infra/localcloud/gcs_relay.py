@@ -20,7 +20,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 from urllib.parse import parse_qs, urlsplit
 
 from localcloud.errors import LocalCloudError
@@ -73,6 +73,9 @@ class Upstream:
 
     def __init__(self, host: str, port: int) -> None:
         self.address = (host, port)
+        # Each relaying thread keeps its connection for its next request: a connect per
+        # request cost the relay and fake-gcs-server about as much as the request itself.
+        self._kept = threading.local()
 
     def relay(self, ex: Exchange) -> None:
         """The client's request as it came, the answer streamed back as it arrives."""
@@ -105,16 +108,37 @@ class Upstream:
         own, else a plain one. The Host header stays the client's, so that the links the
         server writes into resources point at the relay."""
         own = own or (method == ex.method and target == ex.target)
-        connection = http.client.HTTPConnection(*self.address, timeout=UPSTREAM_TIMEOUT_S)
+        connection, kept = self._connection()
         try:
             response = _send(connection, ex, method, target, body, own)
         except (OSError, http.client.HTTPException) as err:
             connection.close()
-            raise UpstreamDown(str(err)) from err
+            if not (kept and _resendable(ex, body, own)):
+                raise UpstreamDown(str(err)) from err
+            # A kept connection the server had closed (idle, or restarted): once more, anew.
+            connection, _ = self._connection(fresh=True)
+            try:
+                response = _send(connection, ex, method, target, body, own)
+            except (OSError, http.client.HTTPException) as again:
+                connection.close()
+                raise UpstreamDown(str(again)) from again
         try:
             yield response
         finally:
-            connection.close()
+            if response.isclosed() and not response.will_close:  # read to its end
+                self._kept.connection = connection
+            else:
+                connection.close()
+
+    def _connection(self, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's kept connection (True) if it goes to `address`, else a new one."""
+        kept: http.client.HTTPConnection | None = getattr(self._kept, "connection", None)
+        self._kept.connection = None
+        if kept is not None and not fresh and (kept.host, kept.port) == self.address:
+            return kept, True
+        if kept is not None:
+            kept.close()
+        return http.client.HTTPConnection(*self.address, timeout=UPSTREAM_TIMEOUT_S), False
 
 
 def _send(
@@ -125,10 +149,11 @@ def _send(
     body: bytes | IO[bytes] | None,
     own: bool,
 ) -> http.client.HTTPResponse:
-    connection.connect()
-    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm
-    # and the server's delayed ACK hold every request with a body up.
-    connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if connection.sock is None:
+        connection.connect()
+        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's
+        # algorithm and the server's delayed ACK hold every request with a body up.
+        cast(socket.socket, connection.sock).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
     headers = ex.forwarded_headers() if own else [("Host", ex.headers.get("Host", ""))]
     for key, value in headers:
@@ -148,6 +173,17 @@ def _send(
     while stream is not None and (chunk := stream.read(CHUNK)):
         connection.send(chunk)
     return connection.getresponse()
+
+
+def _resendable(ex: Exchange, body: bytes | IO[bytes] | None, own: bool) -> bool:
+    """Whether a request can go out again: its body is at hand, or it has none."""
+    if isinstance(body, bytes) or (body is None and not own):
+        return True
+    if body is None:
+        return not int(ex.headers.get("Content-Length") or 0) and not ex.headers.get(
+            "Transfer-Encoding"
+        )
+    return False
 
 
 # -- the server -----------------------------------------------------------------------

@@ -111,7 +111,7 @@ class VersioningProxy:
     def handle(self, ex: Exchange) -> None:
         method, path = ex.method, ex.path
         if method == "POST" and path == gcs_batch.BATCH_PATH:
-            return gcs_batch.serve(ex, self._server.host, self.port)
+            return gcs_batch.serve(ex, self._server.host, self.port, self.upstream.address)
         if _BUCKETS.match(path):
             if method == "POST":
                 return self._bucket_config(ex, None)
@@ -305,7 +305,7 @@ class VersioningProxy:
         conditions = _conditions(ex)
         if generation is None and not conditions:
             # The live one goes; kept already if the bucket keeps any.
-            return ex.relay(_deleted(self.upstream.forward(ex)))
+            return ex.relay(gcs_batch.deleted(self.upstream.forward(ex)))
         with self.bucket_lock(bucket):
             meta = self._live_metadata(ex, bucket, name)
             # fake-gcs-server ignores a delete's preconditions: they are checked here,
@@ -314,13 +314,13 @@ class VersioningProxy:
             if meta is not None and not all(_holds(c, v, meta) for c, v in conditions):
                 return ex.reply_error(412, _CONDITION_NOT_MET, "conditionNotMet")
             if generation is None:
-                return ex.relay(_deleted(self.upstream.forward(ex)))
+                return ex.relay(gcs_batch.deleted(self.upstream.forward(ex)))
             live = str(meta["generation"]) if meta is not None else None
             # fake-gcs-server deletes the live object whatever generation is named: only
             # the live generation goes upstream, a noncurrent one is the archive's alone.
             kept = self.archive.delete(bucket, name, generation)
             if generation == live:
-                return ex.relay(_deleted(self.upstream.forward(ex)))
+                return ex.relay(gcs_batch.deleted(self.upstream.forward(ex)))
         if kept:
             return ex.reply(204, [], b"")
         ex.reply_error(404, f"No such object: {bucket}/{name}", "notFound")
@@ -356,15 +356,6 @@ def _conditions(ex: Exchange) -> list[tuple[str, str]]:
 def _holds(condition: str, value: str, meta: dict[str, Any]) -> bool:
     field, match = _PRECONDITIONS[condition]
     return (str(meta.get(field, "")) == value.strip()) == match
-
-
-def _deleted(answer: Answer) -> Answer:
-    """fake-gcs-server answers an object delete 200 with a `null` body, GCS 204 No Content
-    (which a batch's caller may read)."""
-    if answer.status != 200:
-        return answer
-    headers = [(k, v) for k, v in answer.headers if k.lower() != "content-type"]
-    return Answer(204, "No Content", headers, b"")
 
 
 def _send_media(ex: Exchange, meta: dict[str, Any], data: IO[bytes], size: int) -> None:

@@ -120,6 +120,7 @@ class FaultProxy:
             disable_nagle_algorithm = True
 
             protocol_version = "HTTP/1.1"
+            _upstream: http.client.HTTPConnection | None = None
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -151,14 +152,10 @@ class FaultProxy:
                         time.sleep(proxy.chaos.stall_s)
                     self.close_connection = True  # no answer at all
                     return None
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
                 headers = {
                     k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
                 }
-                conn.request(self.command, self.path, body=body, headers=headers)
-                upstream = conn.getresponse()
-                data = upstream.read()
-                conn.close()
+                upstream, data = self._exchange(body, headers)
                 if rule is not None and rule.status:
                     return self._reply(
                         rule.status,
@@ -173,6 +170,37 @@ class FaultProxy:
                     if k.lower() not in ("transfer-encoding", "connection", "content-length")
                 }
                 self._reply(upstream.status, data, passed)
+
+            def _exchange(
+                self, body: bytes, headers: dict[str, str]
+            ) -> tuple[http.client.HTTPResponse, bytes]:
+                """The upstream's answer, over a connection this client connection keeps
+                (a new one per request cost upstream and proxy alike a connect each)."""
+                conn = self._upstream
+                reused = conn is not None
+                if conn is None:
+                    conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                    self._upstream = conn
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    upstream = conn.getresponse()
+                    data = upstream.read()
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                    conn.close()
+                    self._upstream = None
+                    if not reused:
+                        raise
+                    # A kept connection the upstream had closed while idle: it read nothing.
+                    return self._exchange(body, headers)
+                if upstream.will_close:
+                    conn.close()
+                    self._upstream = None
+                return upstream, data
+
+            def finish(self) -> None:
+                super().finish()
+                if self._upstream is not None:
+                    self._upstream.close()
 
             def _reply(self, status: int, data: bytes, headers: dict[str, str]) -> None:
                 self.send_response(status)

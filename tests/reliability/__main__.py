@@ -147,27 +147,64 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "crash": crash_points,
     "scale": scale,
 }
+# Sections that mostly wait (the clients' retry backoff after injected faults): each runs
+# in a process of its own beside the others. Scale measures throughput, so it runs last
+# and alone.
+BESIDE = ("sustained",)
+ALONE = ("scale",)
+
+
+def _section(name: str) -> tuple[str, bool]:
+    """One section's markdown, and whether it ran to the end."""
+    started = time.monotonic()
+    try:
+        section, ok = SECTIONS[name](), True
+    except Exception:  # a broken section is reported, the others still run
+        section, ok = f"## {name}\n\nFailed:\n\n```\n{traceback.format_exc()}```\n", False
+    print(f"   ({name}: {time.monotonic() - started:.0f}s)", file=sys.stderr, flush=True)
+    return section, ok
+
+
+def _beside(name: str) -> subprocess.Popen[str]:
+    print(f"== {name} (in a process of its own, beside the others)", flush=True)
+    command = [sys.executable, "-m", "tests.reliability", "--section", name]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
 
 
 def main(argv: list[str]) -> int:
+    if argv[1:2] == ["--section"]:  # one section's markdown on stdout, for _beside
+        section, ok = _section(argv[2])
+        print(section, flush=True)
+        return 0 if ok else 1
     wanted = argv[1:]
     names = [n for n in SECTIONS if not wanted or any(w in n for w in wanted)]
-    sections, failed = [], 0
-    for name in names:
+    done: dict[str, str] = {}
+    failed = 0
+    started = time.monotonic()
+    beside = {n: _beside(n) for n in names if n in BESIDE}
+    for name in [n for n in names if n not in BESIDE and n not in ALONE]:
         print(f"== {name}", flush=True)
-        started = time.monotonic()
-        try:
-            section = SECTIONS[name]()
-        except Exception:  # a broken section is reported, the others still run
-            failed += 1
-            section = f"## {name}\n\nFailed:\n\n```\n{traceback.format_exc()}```\n"
-        print(section, flush=True)
-        print(f"   ({time.monotonic() - started:.0f}s)", flush=True)
-        sections.append(section.strip() + "\n")
+        done[name], ok = _section(name)
+        failed += not ok
+        print(done[name], flush=True)
+    for name, process in beside.items():
+        out, _ = process.communicate()
+        failed += process.returncode != 0
+        done[name] = out.strip() or f"## {name}\n\nFailed: exit status {process.returncode}\n"
+        print(done[name], flush=True)
+    for name in [n for n in names if n in ALONE]:
+        print(f"== {name} (alone)", flush=True)
+        done[name], ok = _section(name)
+        failed += not ok
+        print(done[name], flush=True)
+    minutes = (time.monotonic() - started) / 60
+    print(f"   (all: {minutes:.1f} min)", flush=True)
+    sections = [done[n].strip() + "\n" for n in names]
     header = (
         "# Reliability in figures\n\n"
         f"Written by `make reliability` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on "
-        f"{_machine()}. Each section names the command that reproduces it.\n\n"
+        f"{_machine()}, in {minutes:.1f} minutes: {_order(names)}. Each section names the "
+        "command that reproduces it.\n\n"
     )
     if wanted and OUTPUT.exists():
         first = OUTPUT.read_text().split("\n\n")[1]
@@ -187,6 +224,18 @@ def main(argv: list[str]) -> int:
     OUTPUT.write_text(header + "\n".join(sections) + "\n" + notes)
     print(f"wrote {OUTPUT.relative_to(ROOT)}")
     return 1 if failed else 0
+
+
+def _order(names: list[str]) -> str:
+    """How the sections ran, in words."""
+    beside = " and ".join(n for n in names if n in BESIDE)
+    first = " then ".join(n for n in names if n not in BESIDE and n not in ALONE)
+    alone = " and ".join(n for n in names if n in ALONE)
+    if first and beside:
+        first = f"{first}, with {beside} beside them in a process of its own"
+    else:
+        first = first or beside
+    return f"{first}; then {alone} alone" if first and alone else first or f"{alone} alone"
 
 
 def _notes() -> str:

@@ -16,7 +16,7 @@ from retrain.events import JobEnded, RetrainRequested, Tick
 from retrain.heartbeat import Heartbeat
 from retrain.jobevents import LEASE
 from retrain.slots import Slots
-from retrain.trigger import CLAIM_LEASE
+from retrain.trigger import CLAIM_LEASE, FULL_MEMO
 from tests.fakes import SAMPLE_CONFIG
 from tests.unit import test_jobevents
 from tests.unit.test_trigger import World
@@ -93,6 +93,29 @@ def test_a_burst_into_a_full_pipeline_searches_its_slots_for_stale_ones_once_in_
     world.now += timedelta(seconds=30)
     world.trigger.handle(RetrainRequested("m21", "churn"))
     assert len(found) == 2 and len(world.training.jobs) == 1
+
+
+def test_a_burst_into_a_full_pipeline_lists_its_slots_once_per_memo_and_a_tick_looks():
+    world = World(CAPPED_AT_1)
+    world.trigger.handle(RetrainRequested("m0", "churn"))
+    (first,) = _active(world, "churn")
+    listed: list[str] = []
+    store_list = world.store.list
+    world.store.list = lambda prefix: listed.append(prefix) or store_list(prefix)  # type: ignore[method-assign]
+    for i in range(1, 11):  # 10 requests within one memo: the first lists the slots (and
+        world.trigger.handle(RetrainRequested(f"m{i}", "churn"))  # searches them for stale
+    assert listed.count("slots/churn/") == 2  # holders, once per 30 s), the others do not
+    _end_and_release(world, first)
+    world.trigger.handle(RetrainRequested("m11", "churn"))
+    assert len(world.training.jobs) == 1  # within the memo: it waits for a tick
+    world.now += FULL_MEMO
+    world.trigger.handle(RetrainRequested("m12", "churn"))
+    assert listed.count("slots/churn/") == 3 and len(_active(world, "churn")) == 1
+    (second,) = _active(world, "churn")
+    _end_and_release(world, second)
+    world.trigger.handle(RetrainRequested("m13", "churn"))  # found full a moment ago
+    world.trigger.handle(Tick("t1"))  # a tick looks at once, and submits a waiting run
+    assert len(_active(world, "churn")) == 1 and len(world.training.jobs) == 3
 
 
 def _counting(find, calls: list):
