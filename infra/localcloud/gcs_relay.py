@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import itertools
 import json
 import logging
 import shutil
@@ -202,6 +203,12 @@ class RelayServer:
         self.host, self._port = host, port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._served = itertools.count()
+        self.requests = 0  # requests received so far (a batch's is one; its calls sent
+        # back through the relay count too)
+
+    def served(self) -> None:
+        self.requests = next(self._served) + 1
 
     @property
     def port(self) -> int:
@@ -301,6 +308,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         relay = self.server.relay
+        relay.served()
         ex = Exchange(self)
         try:
             relay.handle(ex)

@@ -96,6 +96,11 @@ class VersioningProxy:
     def running(self) -> bool:
         return self._server.running
 
+    @property
+    def requests(self) -> int:
+        """Requests received so far, for measurements."""
+        return self._server.requests
+
     def start(self) -> VersioningProxy:
         self._server.start()
         return self

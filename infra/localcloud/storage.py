@@ -117,6 +117,14 @@ class StorageServer:
         wait_until(self._ready, what="fake-gcs-server", process=self._process)
 
     @property
+    def requests(self) -> int:
+        """Requests the storage proxy received so far (keep_versions only): what clients
+        asked of Cloud Storage, counted where they ask it."""
+        if self._proxy is None:
+            raise LocalCloudError("requests are counted by the proxy: keep_versions=True")
+        return self._proxy.requests
+
+    @property
     def pid(self) -> int:
         if self._process is None:
             raise LocalCloudError("not started")

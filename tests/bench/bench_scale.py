@@ -2,8 +2,8 @@
 many pending objects, and 6 batches into pipelines capped at 1 concurrent job.
 
 Reported against N, so that growth shows: events/s through the HTTP trigger function,
-GCS requests the function made per event (counted by a proxy in front of
-fake-gcs-server), the time of the flush that turns the batch into one job, and the
+GCS requests the function made per event (counted by localcloud's storage proxy in
+front of fake-gcs-server), the time of the flush that turns the batch into one job, and the
 function's peak memory. Every batch must end exactly once: one job per batch, one run
 record per job, nothing left pending.
 
@@ -130,7 +130,7 @@ def burst(gcs: StorageServer, tmp: Path, mode: str, n: int) -> Burst:
     """`n` storage events for one pipeline of `mode` (`each`: `events/`; `marker`: `churn/`
     parts then the marker; `quiet`: `clicks/` then ticks once quiet). The objects exist in
     the landing bucket at the generations their events name, so input manifests are real."""
-    cloud = Cloud(gcs, tmp, quiet_seconds=1)
+    cloud = Cloud(gcs, tmp, quiet_seconds=1, faults=False)
     try:
         prefix = {"each": "events", "marker": "churn", "quiet": "clicks"}[mode]
         names = [f"{prefix}/burst/part-{i:06d}.csv" for i in range(n)]
@@ -139,19 +139,18 @@ def burst(gcs: StorageServer, tmp: Path, mode: str, n: int) -> Burst:
             cloud.finalize(name, size=len(CSV), generation=g)
             for name, g in zip(names, generations, strict=True)
         ]
-        before = cloud.gcs_faults.requests
+        seeder = Seeder(cloud.gcs_client, gcs.root, cloud.landing)  # its probe: not counted
+        before = gcs.requests
         seconds = _post_all(cloud, deliveries)
         flush_s = 0.0
         if mode == "marker":
-            (g,) = Seeder(cloud.gcs_client, gcs.root, cloud.landing).write(
-                [(f"{prefix}/burst/_SUCCESS", b"", "text/plain")]
-            )
+            (g,) = seeder.write([(f"{prefix}/burst/_SUCCESS", b"", "text/plain")])
             marker = cloud.finalize(f"{prefix}/burst/_SUCCESS", size=0, generation=g)
             flush_s = _flush(cloud, marker)
         elif mode == "quiet":
             time.sleep(1.1)  # quiet_seconds = 1: then one tick flushes the batch
             flush_s = _flush(cloud, cloud.tick(f"flush-{n}"))
-        requests_made = cloud.gcs_faults.requests - before
+        requests_made = gcs.requests - before
         peak = _peak_rss_mib(cloud.function._process.pid)  # type: ignore[union-attr]
         jobs = cloud.jobs()
         distinct = len({j.labels["retrain-run"] for j in jobs})
@@ -178,7 +177,7 @@ def quiet_batch(gcs: StorageServer, tmp: Path, n: int) -> Burst:
     flush grows with the batch. The data objects, their pending records and their `seen/`
     markers are put in place as the function leaves them after recording each object
     (see seed_gcs.py for how, and why not through the API); *events/s* is that seeding."""
-    cloud = Cloud(gcs, tmp, quiet_seconds=1)
+    cloud = Cloud(gcs, tmp, quiet_seconds=1, faults=False)
     try:
         started = time.perf_counter()
         names = [f"clicks/big/part-{i:06d}.csv" for i in range(n)]
@@ -200,9 +199,9 @@ def quiet_batch(gcs: StorageServer, tmp: Path, n: int) -> Burst:
         listed = len(cloud.state_objects("pending/clicks/"))
         assert listed == n, f"fake-gcs-server lists {listed} of {n} pending records"
         time.sleep(1.1)  # quiet_seconds = 1: then one tick flushes the batch
-        before = cloud.gcs_faults.requests
+        before = gcs.requests
         flush_s = _flush(cloud, cloud.tick(f"flush-{n}"))
-        requests_made = cloud.gcs_faults.requests - before
+        requests_made = gcs.requests - before
         peak = _peak_rss_mib(cloud.function._process.pid)  # type: ignore[union-attr]
         jobs = len(cloud.jobs())
         covered = _one_batch(cloud, "clicks")
@@ -223,7 +222,7 @@ def many_pipelines(gcs: StorageServer, tmp: Path, pipelines: int, objects: int) 
         f'machine_type = "n1-standard-8"\n'
         for i in range(pipelines)
     )
-    cloud = Cloud(gcs, tmp, quiet_seconds=1)
+    cloud = Cloud(gcs, tmp, quiet_seconds=1, faults=False)
     # The function reads its config on its first delivery: the pipelines join it before.
     cloud.config_path.write_text(
         cloud.config_path.read_text() + extra.replace("{landing}", cloud.landing)
@@ -242,10 +241,10 @@ def many_pipelines(gcs: StorageServer, tmp: Path, pipelines: int, objects: int) 
             for name, g in zip(ends, seeder.write((m, b"", "text/plain") for m in ends),
                                strict=True)
         ]  # fmt: skip
-        before = cloud.gcs_faults.requests
+        before = gcs.requests
         seconds = _post_all(cloud, parts)
         flush_s = _post_all(cloud, markers + markers)  # every marker twice, all at once
-        requests_made = cloud.gcs_faults.requests - before
+        requests_made = gcs.requests - before
         peak = _peak_rss_mib(cloud.function._process.pid)  # type: ignore[union-attr]
         jobs = cloud.jobs()
         distinct = len({j.labels["retrain-run"] for j in jobs}) == len(jobs)

@@ -135,8 +135,9 @@ def scale() -> str:
     return (
         "## Scale\n\n"
         "`.venv/bin/python -m tests.reliability scale` (short form: `make bench`, "
-        "tests/bench/bench_scale.py). The trigger function against fake-gcs-server through a "
-        "counting proxy; Vertex AI over gRPC.\n\n" + bench_scale.run_long()
+        "tests/bench/bench_scale.py). The trigger function against localcloud's Cloud Storage "
+        "(fake-gcs-server behind localcloud's storage proxy, which counts the requests); "
+        "Vertex AI over gRPC.\n\n" + bench_scale.run_long()
     )
 
 

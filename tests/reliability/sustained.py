@@ -23,7 +23,7 @@ from localcloud.storage import StorageServer
 from tests.reliability.loop import DEPLOYING_PIPELINE, Loop, config_header
 
 CONFIG = (
-    config_header(max_concurrent_jobs=16)
+    config_header(max_concurrent_jobs=32)
     + """
 [pipelines.events]
 bucket = "{landing}"
