@@ -26,6 +26,16 @@ def batching_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageSe
         yield server
 
 
+@pytest.fixture
+def proxy(batching_gcs: StorageServer) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the batching storage, counting the requests it passes."""
+    started = FaultProxy(batching_gcs.url).start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
 def _store(url: str, direct: str) -> tuple[GcsStateStore, storage.Bucket]:
     """A state store whose client goes to `url`, over a fresh bucket made at `direct`."""
     admin = storage.Client(project="acme-ml", credentials=AnonymousCredentials(),
@@ -43,47 +53,41 @@ def _fill(store: GcsStateStore, n: int) -> list[str]:
     return keys
 
 
-def test_a_server_with_batches_deletes_100_per_request(batching_gcs: StorageServer) -> None:
-    proxy = FaultProxy(batching_gcs.url).start()
-    try:
-        store, bucket = _store(proxy.url, batching_gcs.url)
-        keys = _fill(store, 250)
-        before = proxy.requests
-        store.delete_many([*keys, "pending/p/never-there.csv@1"])  # a missing key is fine
-        assert proxy.requests - before == 3  # 251 deletes in batches of 100
-        assert list(bucket.list_blobs()) == []
-    finally:
-        proxy.stop()
+def test_a_server_with_batches_deletes_100_per_request(
+    proxy: FaultProxy, batching_gcs: StorageServer
+) -> None:
+    store, bucket = _store(proxy.url, batching_gcs.url)
+    keys = _fill(store, 250)
+    before = proxy.requests
+    store.delete_many([*keys, "pending/p/never-there.csv@1"])  # a missing key is fine
+    assert proxy.requests - before == 3  # 251 deletes in batches of 100
+    assert list(bucket.list_blobs()) == []
 
 
-def test_a_failed_batch_is_done_as_single_deletes(batching_gcs: StorageServer) -> None:
-    proxy = FaultProxy(batching_gcs.url).start()
-    try:
-        store, bucket = _store(proxy.url, batching_gcs.url)
-        keys = _fill(store, 120)
-        batch = proxy.fail(lambda method, path, _b: path.startswith("/batch/"), 503, times=1)
-        store.delete_many(keys)
-        assert batch.hits == 1
-        assert list(bucket.list_blobs()) == []
-        # The server has batches: the next bulk delete uses them again.
-        again = _fill(store, 100)
-        before = proxy.requests
-        store.delete_many(again)
-        assert proxy.requests - before == 1 and list(bucket.list_blobs()) == []
-    finally:
-        proxy.stop()
+def test_a_failed_batch_is_done_as_single_deletes(
+    proxy: FaultProxy, batching_gcs: StorageServer
+) -> None:
+    store, bucket = _store(proxy.url, batching_gcs.url)
+    keys = _fill(store, 120)
+    batch = proxy.fail(lambda method, path, _b: path.startswith("/batch/"), 503, times=1)
+    store.delete_many(keys)
+    assert batch.hits == 1
+    assert list(bucket.list_blobs()) == []
+    # The server has batches: the next bulk delete uses them again.
+    again = _fill(store, 100)
+    before = proxy.requests
+    store.delete_many(again)
+    assert proxy.requests - before == 1 and list(bucket.list_blobs()) == []
 
 
-def test_a_batch_applied_but_answered_503_loses_nothing(batching_gcs: StorageServer) -> None:
-    proxy = FaultProxy(batching_gcs.url).start()
-    try:
-        store, bucket = _store(proxy.url, batching_gcs.url)
-        keys = _fill(store, 50)
-        proxy.fail(lambda method, path, _b: path.startswith("/batch/"), 503, after_upstream=True)
-        store.delete_many(keys)  # the single deletes that follow find the keys gone
-        assert list(bucket.list_blobs()) == []
-    finally:
-        proxy.stop()
+def test_a_batch_applied_but_answered_503_loses_nothing(
+    proxy: FaultProxy, batching_gcs: StorageServer
+) -> None:
+    store, bucket = _store(proxy.url, batching_gcs.url)
+    keys = _fill(store, 50)
+    proxy.fail(lambda method, path, _b: path.startswith("/batch/"), 503, after_upstream=True)
+    store.delete_many(keys)  # the single deletes that follow find the keys gone
+    assert list(bucket.list_blobs()) == []
 
 
 def test_a_server_without_batches_gets_single_deletes(gcs: StorageServer, tmp_path: Path) -> None:
