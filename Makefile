@@ -40,8 +40,8 @@ check: lint typecheck test
 bench: $(STAMP)
 	$(PY) -m tests.bench
 
-# Long forms of the reliability checks (fuzzing, sustained faults, races, scale); writes
-# docs/reliability.md. Bounded: under 30 minutes on a 2-core machine.
+# Long forms of the reliability checks (hostile input, fuzzing, sustained faults, races, crash
+# points, scale); writes docs/reliability.md. Bounded: under 30 minutes on a 2-core machine.
 reliability: $(STAMP)
 	timeout 1800 $(PY) -m tests.reliability
 

@@ -3,7 +3,7 @@
 python -m tests.reliability          # everything (`make reliability`)
 python -m tests.reliability fuzz     # only sections whose name contains "fuzz"
 
-Sections: hostile deliveries fuzzed through both HTTP functions, sustained faults,
+Sections: hostile input case by case, hostile deliveries fuzzed through both HTTP functions, sustained faults,
 guards under races, crash points, scale. Each figure comes with the command that reproduces it.
 """
 
@@ -63,6 +63,17 @@ def fuzz() -> str:
         f"**{total:,} cases, {failing} failing** in {seconds:.0f} s (`make test` runs 100 "
         f"per property); pytest: `{summary}`"
         f"{'' if done.returncode == 0 else ' (**failed**)'}.\n"
+    )
+
+
+def hostile() -> str:
+    from localcloud.storage import StorageServer
+    from tests.reliability import hostile as cases
+
+    with tempfile.TemporaryDirectory() as tmp, StorageServer(root=Path(tmp) / "gcs") as gcs:
+        report = cases.run(gcs, Path(tmp) / "hostile")
+    return cases.markdown(report) + (
+        "" if report.ok else "\n**Some cases did not get the answer they must get.**\n"
     )
 
 
@@ -142,6 +153,7 @@ def scale() -> str:
 
 
 SECTIONS: dict[str, Callable[[], str]] = {
+    "hostile": hostile,
     "fuzz": fuzz,
     "sustained": sustained_faults,
     "races": races,
