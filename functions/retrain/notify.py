@@ -128,9 +128,17 @@ def links(n: Notification) -> dict[str, str]:
     return found
 
 
+def notification_id(n: Notification) -> str:
+    """The same for every send of one notification (a repeat after a crash included): the
+    webhook's `Idempotency-Key` header and the Pub/Sub message's `notification_id`
+    attribute, so a receiver of its own can drop a repeat."""
+    return f"{n.pipeline}/{n.run_id}/{n.kind}"
+
+
 def document(n: Notification) -> dict[str, Any]:
     """The Pub/Sub message: one flat JSON object per notification."""
     return {
+        "notification_id": notification_id(n),
         "kind": n.kind,
         "pipeline": n.pipeline,
         "run_id": n.run_id,

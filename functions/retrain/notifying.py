@@ -5,8 +5,10 @@ before the send and marked `sent` after it. A duplicate delivery finds it sent a
 nothing; a transient failure gives the lease up and raises, so the redelivery sends it; a
 permanent refusal (a webhook answering 4xx) marks it `refused`, since no retry can help; a
 delivery that died while sending leaves a lease that lapses, and the next one sends it.
-Only a crash between a send and its mark repeats a notification: a webhook has no
-idempotency key. A rejected retrain request has no run: its key uses the run id the
+Only a crash between a send and its mark repeats a notification; the repeat carries the
+same notification id (notify.notification_id: the webhook's `Idempotency-Key` header, the
+Pub/Sub message's `notification_id` attribute), so a receiver of its own can drop it;
+Slack and Chat ignore the header. A rejected retrain request has no run: its key uses the run id the
 request would have had, derived from its message id.
 """
 

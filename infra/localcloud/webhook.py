@@ -36,6 +36,7 @@ class WebhookSink:
         self.path = path
         self.route = route
         self._messages: Messages = []
+        self._keys: list[str] = []  # each message's Idempotency-Key header ("" if none)
         # Notified on every message, so wait_for() wakes when there is news.
         self._arrived = threading.Condition()
         self._http = HttpServer(
@@ -75,6 +76,11 @@ class WebhookSink:
         """The `text` of each message: the field Slack and Chat show."""
         return [str(m["text"]) for m in self.received() if isinstance(m, dict) and "text" in m]
 
+    def idempotency_keys(self) -> list[str]:
+        """Each message's `Idempotency-Key` header, in the order of `received()`."""
+        with self._arrived:
+            return list(self._keys)
+
     def wait_for(self, condition: Callable[[Messages], bool], timeout: float = 30.0) -> Messages:
         """The messages once `condition(messages)` holds; TimeoutError after `timeout`
         seconds, naming what did arrive."""
@@ -98,5 +104,6 @@ class WebhookSink:
                 with self.path.open("a", encoding="utf-8") as handle:
                     handle.write(json.dumps(message) + "\n")
             self._messages.append(message)
+            self._keys.append(request.headers.get("Idempotency-Key", ""))
             self._arrived.notify_all()
         return Response("ok")

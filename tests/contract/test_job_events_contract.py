@@ -33,6 +33,7 @@ def test_a_good_model_is_deployed_serves_and_is_announced(job_cloud: JobCloud):
     assert answer.deployed_model_id == deployed_id and len(answer.predictions) > 0
     (text,) = cloud.webhook.texts()
     assert "run " + job.labels["retrain-run"] + " deployed" in text and "val_accuracy = 0.9" in text
+    assert cloud.webhook.idempotency_keys() == [f"churn/{job.labels['retrain-run']}/deployed"]
     assert cloud.webhook.url not in cloud.log_path.read_text()  # the secret is never logged
 
 

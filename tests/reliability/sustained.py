@@ -111,6 +111,7 @@ class Report:
     deployments: int = 0
     notices: Counter[str] = field(default_factory=Counter)  # distinct (run, kind), by kind
     notices_received: int = 0  # webhook messages received, duplicates included
+    notice_keys: int = 0  # distinct Idempotency-Key headers among them
     deliveries: Counter[str] = field(default_factory=Counter)
     redeliveries: Counter[str] = field(default_factory=Counter)
     calls: dict[str, int] = field(default_factory=dict)  # calls each proxy saw
@@ -256,6 +257,7 @@ def _observe(loop: Loop, report: Report) -> None:
     report.deployments = loop.deployments()
     notices = _notices(loop)
     report.notices_received = len(notices)
+    report.notice_keys = len(set(loop.webhook.idempotency_keys()))
     report.notices = Counter(kind for _p, _r, kind in set(notices))
     report.deliveries = Counter(loop.attempts)
     report.redeliveries = Counter(loop.refused)
@@ -324,7 +326,8 @@ def markdown(report: Report) -> str:
         f"{report.deliveries['job-events']} ({report.redeliveries['job-events']} redelivered); "
         f"never acknowledged: {len(report.never_acked)}. Webhook messages received: "
         f"{report.notices_received} for {sum(actual['notices'].values())} distinct "
-        "notifications (a message the webhook took but answered 503 is sent again: webhooks "
-        "have no idempotency key).\n\n"
+        "notifications (a message the webhook took but answered 503 is sent again), carrying "
+        f"{report.notice_keys} distinct `Idempotency-Key` headers: a receiver that drops a "
+        "key it has seen gets each notification once (Slack and Chat ignore the header).\n\n"
         f"**{lost} lost, {duplicated} duplicated, {len(report.unhandled)} unhandled.**\n"
     )

@@ -17,10 +17,13 @@ WEBHOOK_TIMEOUT_S = 10.0
 WEBHOOK_ATTEMPTS = 3
 WEBHOOK_BACKOFF_S = 0.5  # doubled after each failed attempt
 PUBLISH_TIMEOUT_S = 30.0
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 class WebhookNotifier:
-    """POSTs `{"text": ...}`: the field both Slack and Google Chat incoming webhooks read."""
+    """POSTs `{"text": ...}`: the field both Slack and Google Chat incoming webhooks read,
+    with the notification's id as the `Idempotency-Key` header (Slack and Chat ignore it;
+    a receiver of its own can drop a repeated send by it)."""
 
     channel = "webhook"
 
@@ -47,12 +50,15 @@ class WebhookNotifier:
         import requests
 
         session = self._session or requests
+        headers = {IDEMPOTENCY_HEADER: str(document.get("notification_id", ""))}
         problem = ""
         for attempt in range(self._attempts):
             if attempt:
                 self._sleep(self._backoff * 2 ** (attempt - 1))
             try:
-                reply = session.post(self._url, json={"text": text}, timeout=self._timeout)
+                reply = session.post(
+                    self._url, json={"text": text}, headers=headers, timeout=self._timeout
+                )
             except requests.RequestException as err:
                 # The exception text holds the URL: report only its kind.
                 problem = f"{type(err).__name__}"
@@ -68,7 +74,7 @@ class WebhookNotifier:
 
 class PubSubNotifier:
     """Publishes the notification document as JSON, with kind and pipeline as attributes
-    so subscribers can filter."""
+    so subscribers can filter, and its notification_id so they can drop a repeat."""
 
     channel = "pubsub"
 
@@ -81,6 +87,7 @@ class PubSubNotifier:
         attributes = {
             "kind": str(document.get("kind", "")),
             "pipeline": str(document.get("pipeline", "")),
+            "notification_id": str(document.get("notification_id", "")),
         }
         with translated(f"publish to {self._topic}"):
             future = self._publisher().publish(self._topic, data, **attributes)

@@ -67,8 +67,10 @@ on = ["failed", "rejected"]
 KNOWN = {
     "job_events.notification_sent": "a crash after the webhook took a notification and "
     "before its record says `sent` repeats it: the redelivery cannot tell a send that "
-    "happened from one that did not, and a webhook has no idempotency key (a claim alone, "
-    "before, lost the notification of a crash one step earlier instead)",
+    "happened from one that did not (a claim alone, before, lost the notification of a "
+    "crash one step earlier instead). Both sends carry the same `Idempotency-Key` header "
+    "(and a Pub/Sub notification the same `notification_id` attribute), so a receiver of "
+    "its own can drop the repeat; Slack and Chat webhooks ignore the header",
 }
 
 
