@@ -61,8 +61,17 @@ def main(argv: list[str]) -> int:
     )
     OUTPUT.parent.mkdir(exist_ok=True)
     if wanted and OUTPUT.exists():
-        # Partial run: replace only the sections that ran, keep the others.
-        kept = _split(OUTPUT.read_text())
+        # Partial run: replace only the sections that ran, keep the others and the date
+        # they were written, and say what ran since.
+        previous = OUTPUT.read_text()
+        dated = [line for line in previous.split("\n\n")[1].splitlines()
+                 if line.startswith(("Written by", "Rerun since"))]  # fmt: skip
+        rerun = (
+            f"Rerun since, on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `python -m "
+            f"tests.bench {' '.join(wanted)}`: {', '.join(names)}."
+        )
+        header = header.replace(header.splitlines()[2], "\n".join([*dated, rerun]), 1)
+        kept = _split(previous)
         for section in sections:
             kept[section.splitlines()[0]] = section
         sections = list(kept.values())
