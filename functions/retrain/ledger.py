@@ -457,8 +457,8 @@ class JobLedger:
         good). Its record says `sending` until the send returned, so a delivery that died
         in between is not taken for one that sent: once its lease lapses the next delivery
         sends it (again: a crash right after a send repeats it, where a claim alone lost
-        it; both sends carry the same notification id for the receiver to drop the repeat). TransientError while another delivery
-        may still be sending it."""
+        it; both sends carry the same notification id for the receiver to drop the
+        repeat). TransientError while another delivery may still be sending it."""
         key = f"notified/{pipeline}/{run_id}/{kind}/{channel}"
         doc = {"kind": kind, "channel": channel, "state": SENDING}
         return take_lease(self.store, key, doc, NOTIFICATION_SEND, clock,

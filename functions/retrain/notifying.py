@@ -8,8 +8,8 @@ delivery that died while sending leaves a lease that lapses, and the next one se
 Only a crash between a send and its mark repeats a notification; the repeat carries the
 same notification id (notify.notification_id: the webhook's `Idempotency-Key` header, the
 Pub/Sub message's `notification_id` attribute), so a receiver of its own can drop it;
-Slack and Chat ignore the header. A rejected retrain request has no run: its key uses the run id the
-request would have had, derived from its message id.
+Slack and Chat ignore the header. A rejected retrain request has no run: its key uses the
+run id the request would have had, derived from its message id.
 """
 
 from __future__ import annotations

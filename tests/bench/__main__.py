@@ -52,32 +52,40 @@ def main(argv: list[str]) -> int:
         print(section, flush=True)
         print(f"   ({time.monotonic() - started:.1f}s)", flush=True)
         sections.append(section.strip() + "\n")
-    header = (
-        "# Benchmarks\n\n"
-        f"Written by `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-        f"on {_machine()}.\n"
-        "Every figure is compared with a baseline measured in the same run; the machine is "
-        "shared and noisy, so read ratios and medians, not single timings.\n\n"
-    )
+    dated = [f"Written by `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on {_machine()}."]
     OUTPUT.parent.mkdir(exist_ok=True)
     if wanted and OUTPUT.exists():
         # Partial run: replace only the sections that ran, keep the others and the date
         # they were written, and say what ran since.
         previous = OUTPUT.read_text()
         dated = [line for line in previous.split("\n\n")[1].splitlines()
-                 if line.startswith(("Written by", "Rerun since"))]  # fmt: skip
-        rerun = (
+                 if _still_dates(line, names)]  # fmt: skip
+        dated.append(
             f"Rerun since, on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `python -m "
             f"tests.bench {' '.join(wanted)}`: {', '.join(names)}."
         )
-        header = header.replace(header.splitlines()[2], "\n".join([*dated, rerun]), 1)
         kept = _split(previous)
         for section in sections:
             kept[section.splitlines()[0]] = section
         sections = list(kept.values())
+    header = (
+        "# Benchmarks\n\n" + "\n".join(dated) + "\n"
+        "Every figure is compared with a baseline measured in the same run; the machine is "
+        "shared and noisy, so read ratios and medians, not single timings.\n\n"
+    )
     OUTPUT.write_text(header + "\n".join(sections))
     print(f"wrote {OUTPUT.relative_to(ROOT)}")
     return 1 if failed else 0
+
+
+def _still_dates(line: str, rerun: list[str]) -> bool:
+    """Whether a date line of the file still holds after `rerun` ran: the first write does,
+    an earlier rerun only if some of its sections did not run again."""
+    if line.startswith("Written by"):
+        return True
+    if not line.startswith("Rerun since"):
+        return False
+    return not set(line.rstrip(".").split(": ")[-1].split(", ")) <= set(rerun)
 
 
 def _split(text: str) -> dict[str, str]:

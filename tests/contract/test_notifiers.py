@@ -21,8 +21,9 @@ PROJECT = "acme-ml"
 
 
 def deployed(run_id: str = "20261126-091403-ab12cd") -> Notification:
-    return Notification(kind="deployed", pipeline="churn", run_id=run_id, job="", state="JOB_STATE_SUCCEEDED", project=PROJECT,
-                        region="us-central1", metric_name="val_accuracy", metric=0.91)  # fmt: skip
+    return Notification(kind="deployed", pipeline="churn", run_id=run_id, job="",
+                        state="JOB_STATE_SUCCEEDED", project=PROJECT, region="us-central1",
+                        metric_name="val_accuracy", metric=0.91)  # fmt: skip
 
 
 @pytest.fixture

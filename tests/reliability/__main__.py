@@ -3,8 +3,9 @@
 python -m tests.reliability          # everything (`make reliability`)
 python -m tests.reliability fuzz     # only sections whose name contains "fuzz"
 
-Sections: hostile input case by case, hostile deliveries fuzzed through both HTTP functions, sustained faults,
-guards under races, crash points, scale. Each figure comes with the command that reproduces it.
+Sections: hostile input case by case, hostile deliveries fuzzed through both HTTP
+functions, sustained faults, guards under races, crash points, scale. Each figure comes
+with the command that reproduces it.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Hostile retrain requests, found from outside, with the field each must be refused on and
-a phrase of the refusal. Shared by the unit tests (fakes) and the contract tests (the
-served function). The pipeline is `churn`: bucket `acme-landing` in SAMPLE_CONFIG and
+a phrase of the refusal, and deliveries that could never succeed with the 4xx each must
+get. Shared by the unit tests (fakes), the contract tests (the served function) and the
+reliability report. The pipeline is `churn`: bucket `acme-landing` in SAMPLE_CONFIG and
 `landing-N` in the contract config, so `{landing}` is filled in by the caller."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 HUGE = "9" * 5000  # past Python's int-conversion limit (4300 digits)
@@ -57,3 +59,22 @@ def ids() -> list[str]:
 
 def params() -> list[Any]:
     return [case[1:] for case in CASES]
+
+
+def unservable(
+    headers: dict[str, str], envelope: Any
+) -> list[tuple[str, dict[str, str], Any, int]]:
+    """Deliveries that would fail inside functions-framework, built around one binary-mode
+    Pub/Sub delivery (`headers`, `envelope`): (name, headers, raw body, the 4xx it must get)."""
+    event = {"specversion": "1.0", "id": headers["ce-id"], "source": headers["ce-source"],
+             "type": headers["ce-type"], "data": envelope}  # fmt: skip
+    structured = {"content-type": "application/cloudevents+json"}
+    deep = "[" * 100_000 + "]" * 100_000
+    return [
+        ("batch-mode CloudEvents", {"content-type": "application/cloudevents-batch+json"},
+         json.dumps([event]), 415),
+        ("JSON nested 100,000 deep", structured, f'{{"data": {deep}}}', 400),
+        ("an integer of 5,000 digits", headers, '{"message": {"messageId": ' + HUGE + "}}", 400),
+        ("bytes that are not UTF-8", structured, b"\xff\xfe{}", 400),
+        ("a body of 40 MiB", structured, b" " * (40 << 20), 413),
+    ]  # fmt: skip
